@@ -1,0 +1,249 @@
+"""Typed run configuration, loaded from YAML with dotted ``key=value`` overrides.
+
+Every section is a frozen dataclass. Loading is strict: an unknown key or a value of
+the wrong type raises :class:`ConfigError` naming the full dotted key, so a typo in a
+launch script fails at start-up instead of silently training the wrong model.
+
+    cfg = load_config("configs/tiny.yaml", ["model.layers=4", "mesh.fsdp=2"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is malformed; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Multi-stream Bagpiper transformer (Qwen3 backbone). Defaults: Bagpiper-8B."""
+
+    # Vocabulary layout (see bagpiper_jax.vocab): specials, text, then audio streams.
+    num_special: int = 256
+    text_vocab_size: int = 151_936
+    num_streams: int = 8
+    codebook_size: int = 1024
+    # Qwen3 backbone.
+    hidden: int = 4096
+    layers: int = 36
+    heads: int = 32
+    kv_heads: int = 8
+    head_dim: int = 128
+    mlp: int = 12_288
+    rms_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    max_frames: int = 32_768
+    # Continuous audio input: encoder output width feeding the adaptor.
+    continuous_dim: int = 2048
+    # Numerics and memory.
+    dtype: str = "bfloat16"  # compute dtype of activations and matmuls
+    param_dtype: str = "float32"  # master weights
+    remat: str = "dots"  # none | dots | full
+    attention: str = "xla"  # xla | cudnn | splash
+    loss_chunk: int = 1024  # frames per stream-0 cross-entropy chunk
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        _check_choice("model.remat", self.remat, ("none", "dots", "full"))
+        _check_choice("model.attention", self.attention, ("xla", "cudnn", "splash"))
+        _check_choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+        _check_choice("model.param_dtype", self.param_dtype, ("float32", "bfloat16"))
+        for name in ("text_vocab_size", "num_streams", "codebook_size", "hidden", "layers",
+                     "heads", "kv_heads", "head_dim", "mlp", "max_frames", "continuous_dim",
+                     "loss_chunk"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.num_special < 12:
+            raise ConfigError(f"model.num_special must be >= 12 (named specials), got {self.num_special}")
+        if self.heads % self.kv_heads:
+            raise ConfigError(
+                f"model.heads ({self.heads}) must be a multiple of model.kv_heads ({self.kv_heads})")
+        if self.head_dim % 2:
+            raise ConfigError(f"model.head_dim must be even for RoPE, got {self.head_dim}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh axis sizes (-1 = all remaining devices) and logical-axis rules.
+
+    ``rules`` maps each logical axis name used by parameters and activations to a mesh
+    axis, a list of mesh axes, or null (replicated). Logical names absent from the table
+    are replicated.
+    """
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+    rules: tuple[tuple[str, Any], ...] = (
+        # Activations.
+        ("activation_batch", ("data", "fsdp")),
+        ("activation_length", None),
+        ("activation_embed", None),
+        ("activation_heads", "tensor"),
+        ("activation_kv_heads", "tensor"),
+        ("activation_mlp", "tensor"),
+        ("activation_vocab", "tensor"),
+        # Parameters.
+        ("layers", None),
+        ("vocab", "tensor"),
+        ("embed", "fsdp"),
+        ("q_heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("head_dim", None),
+        ("mlp", "tensor"),
+        ("norm", None),
+        ("streams", None),
+        ("continuous", None),
+    )
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        return ("data", "fsdp", "tensor")
+
+    @property
+    def axis_sizes(self) -> tuple[int, ...]:
+        return (self.data, self.fsdp, self.tensor)
+
+    def __post_init__(self):
+        sizes = self.axis_sizes
+        if sum(s == -1 for s in sizes) > 1:
+            raise ConfigError(f"at most one mesh axis may be -1, got {dict(zip(self.axis_names, sizes))}")
+        for name, size in zip(self.axis_names, sizes):
+            if size == 0 or size < -1:
+                raise ConfigError(f"mesh.{name} must be positive or -1, got {size}")
+        seen = set()
+        for i, rule in enumerate(self.rules):
+            if len(rule) != 2 or not isinstance(rule[0], str):
+                raise ConfigError(f"mesh.rules[{i}] must be [logical_name, mesh_axes], got {rule!r}")
+            if rule[0] in seen:
+                raise ConfigError(f"mesh.rules names logical axis {rule[0]!r} twice")
+            seen.add(rule[0])
+            targets = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
+            for t in targets:
+                if t is not None and t not in self.axis_names:
+                    raise ConfigError(
+                        f"mesh.rules[{i}] ({rule[0]!r}) maps to unknown mesh axis {t!r}; "
+                        f"mesh axes are {self.axis_names}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole run. Later sections (data, train, generate) are added beside these."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    seed: int = 0
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]):
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {choices}, got {value!r}")
+
+
+def _convert(key: str, value: Any, hint: Any) -> Any:
+    """Checks ``value`` against the type ``hint`` (recursively); returns the typed value."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key or '<root>'} must be a mapping, got {type(value).__name__}")
+        return _from_dict(hint, value, key)
+    if hint is Any:
+        return _freeze(value)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _convert(key, value, option)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} has value {value!r}, which is not a {hint}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__}")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{key} must have {len(args)} entries, got {len(value)}")
+        return tuple(_convert(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"{key} must be null, got {value!r}")
+        return None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if type(value) is not hint:
+            raise ConfigError(f"{key} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported config type {hint}")
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(names))})")
+        kwargs[k] = _convert(key, v, hints[k])
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # pragma: no cover - guarded by the key check above
+        raise ConfigError(f"{prefix or '<root>'}: {e}") from e
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain (YAML-serialisable) dict of a config dataclass."""
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+    return {f.name: (to_dict(getattr(cfg, f.name)) if dataclasses.is_dataclass(getattr(cfg, f.name))
+                     else plain(getattr(cfg, f.name))) for f in dataclasses.fields(cfg)}
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Applies ``a.b=c`` overrides to a nested dict; values are parsed as YAML."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Loads a :class:`Config` from a YAML file (or defaults) plus dotted overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    data = apply_overrides(data, list(overrides))
+    return _convert("", data, Config)

@@ -1,0 +1,156 @@
+"""Lazy, streaming access to the tensors of a HuggingFace / PyTorch weights directory.
+
+Supports a single ``model.safetensors``, sharded safetensors with
+``model.safetensors.index.json``, any other ``*.safetensors`` files, and ``*.bin`` /
+``*.pt`` files loaded with ``torch.load(weights_only=True)`` (never arbitrary pickles).
+Safetensors files are parsed directly (header + memory map, no torch needed) and read one
+tensor at a time, so a checkpoint never has to fit in host RAM.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+
+class CheckpointError(ValueError):
+    """A weights directory or tensor is missing or malformed; the message names it."""
+
+
+class TensorReader:
+    """Maps tensor names to files and reads tensors as numpy arrays on demand.
+
+    Args:
+      path: a directory of weight files, or one weight file.
+      strip_prefixes: prefixes removed from stored names (first match wins), so
+        ``thinker.audio_tower.conv2d1.weight`` can be read as ``conv2d1.weight``.
+      only_prefixes: when given, names not starting with one of these are ignored
+        (before stripping), so unrelated weights are never indexed or read.
+    """
+
+    def __init__(self, path: str | Path, strip_prefixes: tuple[str, ...] = (),
+                 only_prefixes: tuple[str, ...] | None = None):
+        self.path = Path(path)
+        self._strip = strip_prefixes
+        self._only = only_prefixes
+        self._where: dict[str, tuple[Path, str]] = {}  # name -> (file, stored name)
+        self._torch_cache: dict[Path, dict] = {}
+        self._headers: dict[Path, tuple[dict, int]] = {}
+        files = self._weight_files()
+        for f in files:
+            for stored in self._names_in(f):
+                if self._only is not None and not stored.startswith(self._only):
+                    continue
+                self._where.setdefault(self._rename(stored), (f, stored))
+        if not self._where:
+            raise CheckpointError(f"no tensors found in {self.path}"
+                                  + (f" under prefixes {self._only}" if self._only else ""))
+
+    def _weight_files(self) -> list[Path]:
+        if self.path.is_file():
+            return [self.path]
+        if not self.path.is_dir():
+            raise CheckpointError(f"weights path {self.path} does not exist")
+        index = self.path / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise CheckpointError(f"{index} is not a valid safetensors index: {e}") from e
+            files = sorted({self.path / name for name in weight_map.values()})
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise CheckpointError(f"{index} names missing shard files: {missing}")
+            return files
+        files = sorted(self.path.glob("*.safetensors"))
+        if not files:
+            files = sorted(list(self.path.glob("*.bin")) + list(self.path.glob("*.pt")))
+        if not files:
+            raise CheckpointError(f"no *.safetensors, *.bin or *.pt weight files in {self.path}")
+        return files
+
+    def _names_in(self, f: Path) -> list[str]:
+        if f.suffix == ".safetensors":
+            self._headers[f] = _safetensors_header(f)
+            return list(self._headers[f][0])
+        return list(self._torch_state(f).keys())
+
+    def _torch_state(self, f: Path) -> dict:
+        if f not in self._torch_cache:
+            import torch
+            try:
+                state = torch.load(str(f), map_location="cpu", weights_only=True)
+            except Exception as e:  # torch raises several types for bad/unsafe pickles
+                raise CheckpointError(f"cannot load {f} as a weights-only torch file: {e}") from e
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{f} does not hold a state dict (got {type(state).__name__})")
+            self._torch_cache[f] = state
+        return self._torch_cache[f]
+
+    def _rename(self, stored: str) -> str:
+        for p in self._strip:
+            if stored.startswith(p):
+                return stored[len(p):]
+        return stored
+
+    def keys(self) -> list[str]:
+        return sorted(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """Reads one tensor (bf16 is widened to float32); checks ``shape`` when given."""
+        if name not in self._where:
+            raise CheckpointError(f"tensor {name!r} missing from {self.path}")
+        f, stored = self._where[name]
+        if f.suffix == ".safetensors":
+            array = _read_safetensor(f, stored, *self._headers[f])
+        else:
+            array = _torch_to_numpy(self._torch_state(f)[stored])
+        if shape is not None and tuple(array.shape) != tuple(shape):
+            raise CheckpointError(f"tensor {name!r} in {self.path} has shape {tuple(array.shape)}, "
+                                  f"expected {tuple(shape)}")
+        return array
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+def _safetensors_header(f: Path) -> tuple[dict, int]:
+    """(tensor entries, byte offset of the data section) of a safetensors file."""
+    try:
+        with open(f, "rb") as h:
+            (n,) = struct.unpack("<Q", h.read(8))
+            header = json.loads(h.read(n))
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{f} is not a readable safetensors file: {e}") from e
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def _read_safetensor(f: Path, name: str, header: dict, data_start: int) -> np.ndarray:
+    """One tensor, memory-mapped then copied (bf16/f16 widened to float32)."""
+    entry = header[name]
+    if entry["dtype"] not in _SAFETENSORS_DTYPES:
+        raise CheckpointError(f"tensor {name!r} in {f} has unsupported dtype {entry['dtype']}")
+    dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
+    start, end = entry["data_offsets"]
+    array = np.memmap(f, dtype=dtype, mode="r", offset=data_start + start,
+                      shape=(end - start) // dtype.itemsize).reshape(entry["shape"])
+    if dtype in (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)):
+        return array.astype(np.float32)
+    return np.array(array)
+
+
+def _torch_to_numpy(t) -> np.ndarray:
+    import torch
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return t.detach().cpu().numpy()
