@@ -1,0 +1,59 @@
+"""Reading and writing audio files as 16 kHz mono float32.
+
+Any sample rate soundfile can read (wav, flac, ogg) is resampled with ``soxr`` at
+"VHQ" quality (band-limited, linear phase; the resampler librosa uses by default), and
+multi-channel audio is averaged to mono or one channel is picked.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+
+
+class AudioError(ValueError):
+    """An audio file is unreadable, empty or holds non-finite samples; names the file."""
+
+
+def resample(wav: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Resamples float audio ``[samples]`` or ``[samples, channels]``."""
+    if from_rate == to_rate:
+        return wav
+    import soxr
+    return soxr.resample(wav, from_rate, to_rate, quality="VHQ").astype(np.float32)
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, channel: int | None = None) -> np.ndarray:
+    """Reads an audio file as float32 mono ``[samples]`` at ``sample_rate``.
+
+    Args:
+      channel: ``None`` averages all channels; an index picks that channel.
+    Raises:
+      AudioError: the file is missing/unreadable, has no samples, or has NaN/inf samples.
+    """
+    import soundfile as sf
+    path = Path(path)
+    try:
+        wav, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise AudioError(f"cannot read audio file {path}: {e}") from e
+    if wav.shape[0] == 0:
+        raise AudioError(f"audio file {path} has no samples")
+    if not np.isfinite(wav).all():
+        raise AudioError(f"audio file {path} has NaN or infinite samples")
+    if channel is None:
+        wav = wav.mean(axis=1)
+    elif not 0 <= channel < wav.shape[1]:
+        raise AudioError(f"audio file {path} has {wav.shape[1]} channel(s); channel {channel} does not exist")
+    else:
+        wav = wav[:, channel]
+    return resample(np.ascontiguousarray(wav, dtype=np.float32), rate, sample_rate)
+
+
+def save_audio(path: str | Path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE):
+    """Writes float audio ``[samples]`` as a 16-bit PCM wav (clipped to [-1, 1])."""
+    import soundfile as sf
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.clip(np.asarray(wav, np.float32), -1.0, 1.0), sample_rate, subtype="PCM_16")
