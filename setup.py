@@ -30,6 +30,9 @@ setup(
     entry_points={
         "console_scripts": [
             "bagpiper-smoke=bagpiper_jax.cli.smoke:main",
+            "bagpiper-codec=bagpiper_jax.cli.codec:main",
+            "bagpiper-convert=bagpiper_jax.cli.convert:main",
+            "bagpiper-audio-features=bagpiper_jax.cli.audio_features:main",
         ],
     },
 )

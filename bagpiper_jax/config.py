@@ -178,6 +178,11 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
         return None
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "5e5" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float, str, bool):
         if type(value) is not hint:
             raise ConfigError(f"{key} must be {hint.__name__}, got {type(value).__name__} {value!r}")

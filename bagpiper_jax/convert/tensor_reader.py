@@ -102,19 +102,31 @@ class TensorReader:
     def __contains__(self, name: str) -> bool:
         return name in self._where
 
-    def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        """Reads one tensor (bf16 is widened to float32); checks ``shape`` when given."""
+    def view(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """The stored tensor without copying where possible (a memory map for safetensors,
+        in its stored dtype, bf16 as ``ml_dtypes.bfloat16``); index it, then copy."""
         if name not in self._where:
             raise CheckpointError(f"tensor {name!r} missing from {self.path}")
         f, stored = self._where[name]
         if f.suffix == ".safetensors":
-            array = _read_safetensor(f, stored, *self._headers[f])
+            array = _map_safetensor(f, stored, *self._headers[f])
         else:
             array = _torch_to_numpy(self._torch_state(f)[stored])
         if shape is not None and tuple(array.shape) != tuple(shape):
             raise CheckpointError(f"tensor {name!r} in {self.path} has shape {tuple(array.shape)}, "
                                   f"expected {tuple(shape)}")
         return array
+
+    def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """Reads one tensor into memory (bf16/f16 widened to float32); checks ``shape``."""
+        return widen(self.view(name, shape))
+
+
+def widen(array: np.ndarray) -> np.ndarray:
+    """An in-memory copy; half-precision floats become float32."""
+    if array.dtype in (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)):
+        return array.astype(np.float32)
+    return np.array(array)
 
 
 _SAFETENSORS_DTYPES = {
@@ -135,22 +147,21 @@ def _safetensors_header(f: Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
-def _read_safetensor(f: Path, name: str, header: dict, data_start: int) -> np.ndarray:
-    """One tensor, memory-mapped then copied (bf16/f16 widened to float32)."""
+def _map_safetensor(f: Path, name: str, header: dict, data_start: int) -> np.ndarray:
+    """One tensor as a read-only memory map."""
     entry = header[name]
     if entry["dtype"] not in _SAFETENSORS_DTYPES:
         raise CheckpointError(f"tensor {name!r} in {f} has unsupported dtype {entry['dtype']}")
     dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
     start, end = entry["data_offsets"]
-    array = np.memmap(f, dtype=dtype, mode="r", offset=data_start + start,
-                      shape=(end - start) // dtype.itemsize).reshape(entry["shape"])
-    if dtype in (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)):
-        return array.astype(np.float32)
-    return np.array(array)
+    if end == start:
+        return np.zeros(entry["shape"], dtype)
+    return np.memmap(f, dtype=dtype, mode="r", offset=data_start + start,
+                     shape=(end - start) // dtype.itemsize).reshape(entry["shape"])
 
 
 def _torch_to_numpy(t) -> np.ndarray:
     import torch
     if t.dtype == torch.bfloat16:
-        t = t.float()
+        return t.detach().cpu().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.detach().cpu().numpy()

@@ -1,0 +1,44 @@
+"""Qwen3 grouped-query self-attention with per-head q/k RMSNorm and RoPE."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bagpiper_jax.config import ModelConfig
+from bagpiper_jax.model.attention_kernels import get_kernel
+from bagpiper_jax.model.norm import RMSNorm
+from bagpiper_jax.model.rope import apply_rope
+from bagpiper_jax.sharding import Rules, constrain, param
+
+
+class Attention(nnx.Module):
+    """Self-attention over packed rows ``x [batch, frames, hidden]``."""
+
+    def __init__(self, cfg: ModelConfig, rules: Rules, *, rngs: nnx.Rngs):
+        init = jax.nn.initializers.normal(cfg.init_std)
+        dtype = jnp.dtype(cfg.param_dtype)
+        d, h, k, hd = cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim
+        self.q_proj = param(init(rngs.params(), (d, h, hd), dtype), ("embed", "q_heads", "head_dim"))
+        self.k_proj = param(init(rngs.params(), (d, k, hd), dtype), ("embed", "kv_heads", "head_dim"))
+        self.v_proj = param(init(rngs.params(), (d, k, hd), dtype), ("embed", "kv_heads", "head_dim"))
+        self.o_proj = param(init(rngs.params(), (h, hd, d), dtype), ("q_heads", "head_dim", "embed"))
+        self.q_norm = RMSNorm(hd, cfg.rms_eps, "head_dim", dtype)
+        self.k_norm = RMSNorm(hd, cfg.rms_eps, "head_dim", dtype)
+        self.rope_theta = cfg.rope_theta
+        self.kernel = get_kernel(cfg.attention)
+        self.rules = rules
+
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        """``positions``, ``segment_ids``: ``[batch, frames]`` (positions restart per segment)."""
+        dtype = x.dtype
+        q = jnp.einsum("btd,dhk->bthk", x, self.q_proj[...].astype(dtype))
+        k = jnp.einsum("btd,dhk->bthk", x, self.k_proj[...].astype(dtype))
+        v = jnp.einsum("btd,dhk->bthk", x, self.v_proj[...].astype(dtype))
+        q = apply_rope(self.q_norm(q), positions, self.rope_theta)
+        k = apply_rope(self.k_norm(k), positions, self.rope_theta)
+        q = constrain(q, ("activation_batch", "activation_length", "activation_heads", None), self.rules)
+        k = constrain(k, ("activation_batch", "activation_length", "activation_kv_heads", None), self.rules)
+        v = constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", None), self.rules)
+        out = self.kernel(q, k, v, segment_ids)
+        return jnp.einsum("bthk,hkd->btd", out, self.o_proj[...].astype(dtype))

@@ -1,0 +1,50 @@
+"""Attention kernels behind ``model.attention``; all honour packed segments and causality.
+
+A kernel takes ``q [batch, frames, heads, head_dim]``, ``k, v [batch, frames, kv_heads,
+head_dim]`` and ``segment_ids [batch, frames]`` (0 = padding) and returns
+``[batch, frames, heads, head_dim]``. A query attends to keys at the same or earlier
+frames of its own segment; padding frames attend to nothing useful (their output is
+never trained on).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+AttentionKernel = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def segment_causal_mask(segment_ids: jax.Array) -> jax.Array:
+    """``[batch, frames, frames]`` bool: same non-zero segment and key frame <= query frame."""
+    frames = segment_ids.shape[1]
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, :, None] != 0)
+    causal = jnp.arange(frames)[:, None] >= jnp.arange(frames)[None, :]
+    return same & causal
+
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    """Reference grouped-query attention in plain XLA; softmax in float32."""
+    batch, frames, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(batch, frames, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (head_dim ** -0.5)
+    mask = segment_causal_mask(segment_ids)[:, None, None]
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(batch, frames, heads, head_dim)
+
+
+_KERNELS: dict[str, AttentionKernel] = {"xla": xla_attention}
+
+
+def get_kernel(name: str) -> AttentionKernel:
+    """The kernel registered under ``name``; a clear error when it is not available here."""
+    if name not in _KERNELS:
+        raise NotImplementedError(
+            f"attention kernel {name!r} is not available on backend {jax.default_backend()!r} in this "
+            f"version (available: {sorted(_KERNELS)}); set model.attention=xla")
+    return _KERNELS[name]

@@ -1,0 +1,104 @@
+"""Next-frame multi-stream loss (DESIGN §2.4), chunked over frames.
+
+Position t predicts frame t+1 on every stream, weighted by the loss mask of frame t+1.
+Stream 0 uses a softmax over the whole vocabulary (target id 0 ignored); streams >= 1
+use a softmax over the audio range of all streams together, with the target taken
+relative to the first audio id (targets outside that range get weight 0). A target in a
+different segment than its position (packed rows) or in padding gets weight 0.
+
+loss = Σ weight × CE / (number of positions whose stream-0 weight is non-zero)
+
+Logits are computed one chunk of ``chunk`` frames at a time inside a rematerialised
+scan, so neither ``[batch, frames, vocab]`` nor ``[batch, frames, streams-1, audio]``
+fp32 logits ever exist whole, in the forward or the backward pass.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from bagpiper_jax.sharding import Rules, constrain
+from bagpiper_jax.vocab import Vocab
+
+
+def next_frame_targets(ids: jax.Array, loss_mask: jax.Array, segment_ids: jax.Array, vocab: Vocab):
+    """Targets ``[batch, frames, streams]`` and their weights, shifted by one frame.
+
+    Stream >= 1 targets are returned relative to ``vocab.audio_offset``. The last
+    position of a row has weight 0.
+    """
+    targets = jnp.roll(ids, -1, axis=1)
+    weights = jnp.roll(loss_mask.astype(jnp.float32), -1, axis=1)
+    next_segment = jnp.roll(segment_ids, -1, axis=1)
+    frames = ids.shape[1]
+    keep = (next_segment == segment_ids) & (next_segment != 0) & (jnp.arange(frames) < frames - 1)
+    audio = targets[..., 1:] - vocab.audio_offset
+    valid = jnp.concatenate([targets[..., :1] != 0, (audio >= 0) & (audio < vocab.audio_size)], axis=-1)
+    weights = weights * (keep[..., None] & valid)
+    targets = jnp.concatenate([targets[..., :1], jnp.clip(audio, 0, vocab.audio_size - 1)], axis=-1)
+    return targets, weights
+
+
+def _cross_entropy(logits: jax.Array, targets: jax.Array):
+    """Per-position CE and argmax-correctness of float32 ``logits [..., classes]``."""
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    ce = jax.nn.logsumexp(logits, axis=-1) - target_logit
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return ce, correct
+
+
+def multistream_loss(hidden: jax.Array, head: jax.Array, stream_emb: jax.Array, ids: jax.Array,
+                     loss_mask: jax.Array, segment_ids: jax.Array, vocab: Vocab, chunk: int,
+                     rules: Rules = ()):
+    """Loss and per-stream metrics.
+
+    Args:
+      hidden: final-norm hidden states ``[batch, frames, hidden]`` (compute dtype).
+      head: lm_head kernel ``[hidden, vocab]``; stream_emb: ``[streams, hidden]``.
+      ids, loss_mask: ``[batch, frames, streams]``; segment_ids: ``[batch, frames]``.
+    Returns:
+      ``(loss, metrics)`` with ``stream_loss``/``stream_accuracy`` ``[streams]`` (weighted
+      means), ``stream_weight`` ``[streams]`` and ``positions`` (the loss denominator).
+    """
+    targets, weights = next_frame_targets(ids, loss_mask, segment_ids, vocab)
+    batch, frames, dim = hidden.shape
+    chunk = min(chunk, frames)
+    pad = -frames % chunk
+    if pad:
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad), (0, 0)))
+        weights = jnp.pad(weights, ((0, 0), (0, pad), (0, 0)))
+    n_chunks = (frames + pad) // chunk
+
+    def chunked(x):  # [batch, frames, ...] -> [chunks, batch, chunk, ...]
+        return jnp.moveaxis(x.reshape(batch, n_chunks, chunk, *x.shape[2:]), 1, 0)
+
+    dtype = hidden.dtype
+    head = head.astype(dtype)
+    audio_head = head[:, vocab.audio_offset:vocab.audio_offset + vocab.audio_size]
+    extra = stream_emb[1:].astype(dtype)  # [streams-1, hidden]
+
+    def chunk_stats(carry, xs):
+        h, tgt, w = xs  # [batch, chunk, hidden], [batch, chunk, streams] x2
+        logits0 = jnp.einsum("bcd,dv->bcv", h, head, preferred_element_type=jnp.float32)
+        logits0 = constrain(logits0, ("activation_batch", "activation_length", "activation_vocab"), rules)
+        ce0, ok0 = _cross_entropy(logits0, tgt[..., 0])
+        hs = h[:, :, None, :] + extra  # [batch, chunk, streams-1, hidden]
+        logits_a = jnp.einsum("bcsd,dv->bcsv", hs, audio_head, preferred_element_type=jnp.float32)
+        ce_a, ok_a = _cross_entropy(logits_a, tgt[..., 1:])
+        ce = jnp.concatenate([ce0[..., None], ce_a], axis=-1)
+        ok = jnp.concatenate([ok0[..., None], ok_a], axis=-1)
+        loss_sum, correct_sum = carry
+        return (loss_sum + jnp.sum(w * ce, axis=(0, 1)), correct_sum + jnp.sum(w * ok, axis=(0, 1))), None
+
+    zeros = jnp.zeros((ids.shape[-1],), jnp.float32)
+    (loss_sum, correct_sum), _ = jax.lax.scan(
+        jax.checkpoint(chunk_stats, prevent_cse=False), (zeros, zeros),
+        (chunked(hidden), chunked(targets), chunked(weights)))
+    weight_sum = jnp.sum(weights, axis=(0, 1))
+    positions = jnp.sum(weights[..., 0] != 0).astype(jnp.float32)
+    loss = jnp.sum(loss_sum) / jnp.maximum(positions, 1.0)
+    safe = jnp.maximum(weight_sum, 1e-9)
+    metrics = {"stream_loss": loss_sum / safe, "stream_accuracy": correct_sum / safe,
+               "stream_weight": weight_sum, "positions": positions}
+    return loss, metrics

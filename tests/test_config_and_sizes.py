@@ -1,0 +1,84 @@
+"""Config loading rules, the vocabulary layout, and the exact 8B parameter count."""
+import jax
+import pytest
+
+from bagpiper_jax.config import ConfigError, load_config, to_dict
+from bagpiper_jax.model.create import abstract_model
+from bagpiper_jax.model.flops import param_count, train_flops_per_frame
+from bagpiper_jax.vocab import Vocab
+
+from helpers import REPO, TINY
+
+BAGPIPER_8B_PARAMS = 8_268_432_384
+
+
+def test_8b_abstract_parameter_count():
+    cfg = load_config(REPO / "configs" / "8b.yaml")
+    _, state = abstract_model(cfg.model)
+    total = sum(x.size for x in jax.tree.leaves(state))
+    print(f"8B abstract parameter count: {total:,}")
+    assert abs(total - BAGPIPER_8B_PARAMS) <= 0.001 * BAGPIPER_8B_PARAMS
+    assert total == param_count(cfg.model).total == BAGPIPER_8B_PARAMS
+    assert param_count(cfg.model).per_layer == 192_946_432
+
+
+def test_8b_vocabulary_layout():
+    v = Vocab.from_config(load_config(REPO / "configs" / "8b.yaml").model)
+    assert (v.text_offset, v.audio_offset, v.size, v.audio_size) == (256, 152_192, 160_392, 8200)
+    assert v.stream_range(7) == (152_192 + 7 * 1025, 160_392)
+    assert v.audio_ids([0, 1023], 1).tolist() == [152_192 + 1025 + 1, 152_192 + 1025 + 1024]
+    assert v.special_name(3) == "<|eot|>" and v.special_name(200) == "<|unused_200|>"
+    with pytest.raises(ValueError, match="codes of stream 2 must lie in"):
+        v.audio_ids([1024], 2)
+
+
+def test_tiny_vocabulary_follows_the_same_rules():
+    v = Vocab.from_config(load_config(TINY).model)
+    assert (v.text_offset, v.audio_offset, v.stream_block, v.size) == (16, 1040, 65, 1560)
+    assert v.text_ids([0, 1023]).tolist() == [16, 1039]
+    with pytest.raises(ValueError, match=r"text token ids must lie in \[0, 1024\)"):
+        v.text_ids([1024])
+
+
+def test_flops_per_frame_counts_layers_head_and_attention():
+    m = load_config(REPO / "configs" / "8b.yaml").model
+    pc = param_count(m)
+    norms = m.layers * (2 * m.hidden + 2 * m.head_dim)
+    expected = 6 * (pc.layers - norms + pc.lm_head + 7 * m.hidden * 8200) + 12 * m.layers * 4096 * 8192
+    assert train_flops_per_frame(m, 8192) == expected
+
+
+def test_overrides_and_round_trip(tmp_path):
+    cfg = load_config(TINY, ["model.layers=3", "mesh.fsdp=2", "model.rope_theta=5e5", "seed=7"])
+    assert (cfg.model.layers, cfg.mesh.fsdp, cfg.model.rope_theta, cfg.seed) == (3, 2, 5e5, 7)
+    import yaml
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.layerz=3", "unknown config key 'model.layerz'"),
+    ("trian.steps=3", "unknown config key 'trian'"),
+    ("model.layers=three", "model.layers must be int, got str"),
+    ("model.rms_eps=[1]", "model.rms_eps must be float"),
+    ("model.remat=some", "model.remat must be one of"),
+    ("model.heads=6", r"model.heads \(6\) must be a multiple of model.kv_heads \(4\)"),
+    ("mesh.rules=[[embed, fsdpp]]", "maps to unknown mesh axis 'fsdpp'"),
+    ("model", "must look like key.path=value"),
+    ("model.layers.x=1", "'layers' is not a section"),
+])
+def test_bad_config_is_named(override, message):
+    overrides = [override] + (["model.kv_heads=4"] if "heads" in override else [])
+    with pytest.raises(ConfigError, match=message):
+        load_config(TINY, overrides)
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
