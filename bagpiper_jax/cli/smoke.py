@@ -16,30 +16,13 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-
 from bagpiper_jax.config import load_config
 from bagpiper_jax.model import Batch
 from bagpiper_jax.model.create import init_model
 from bagpiper_jax.model.step import batch_shardings, jit_loss_and_grad
+from bagpiper_jax.model.synthetic import synthetic_batch
 from bagpiper_jax.sharding import make_mesh
 from bagpiper_jax.vocab import Vocab
-
-
-def synthetic_batch(vocab: Vocab, rows: int, frames: int, seed: int) -> Batch:
-    """Rows of two packed segments: first half text frames, second half audio frames."""
-    rng = np.random.default_rng(seed)
-    ids = np.zeros((rows, frames, vocab.num_streams), np.int32)
-    mask = np.zeros(ids.shape, np.float32)
-    half = frames // 2
-    ids[:, :half, 0] = vocab.text_ids(rng.integers(0, vocab.text_size, (rows, half)))
-    mask[:, :half, 0] = 1.0
-    for s in range(vocab.num_streams):
-        ids[:, half:, s] = vocab.audio_ids(rng.integers(0, vocab.codebook_size, (rows, frames - half)), s)
-    mask[:, half:] = 1.0 / vocab.num_streams
-    segment_ids = np.where(np.arange(frames) < half, 1, 2).astype(np.int32)[None].repeat(rows, 0)
-    positions = np.concatenate([np.arange(half), np.arange(frames - half)]).astype(np.int32)[None].repeat(rows, 0)
-    return Batch(ids=ids, segment_ids=segment_ids, positions=positions, loss_mask=mask)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,15 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Arr
     return out.reshape(batch, frames, heads, head_dim)
 
 
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    """cuDNN fused attention (GPU) with the segment-causal mask passed as a dense mask."""
+    mask = segment_causal_mask(segment_ids)[:, None]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+
+
 _KERNELS: dict[str, AttentionKernel] = {"xla": xla_attention}
+if jax.default_backend() == "gpu":
+    _KERNELS["cudnn"] = cudnn_attention
 
 
 def get_kernel(name: str) -> AttentionKernel:

@@ -1,0 +1,1 @@
+"""Weight import/export between HF / PyTorch layouts and bagpiper-jax params."""
