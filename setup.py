@@ -17,6 +17,12 @@ setup(
         "tokenizers==0.23.3",
         "safetensors==0.8.0",
         "soundfile==0.14.0",
+        "soxr>=0.5",
+        "array-record>=0.8",
+        "msgpack>=1.0",
+        "absl-py>=2.0",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
         "numpy>=2.0",
         "pyyaml>=6.0",
         "tqdm>=4.66",
@@ -29,7 +35,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "bagpiper-smoke=bagpiper_jax.cli.smoke:main",
+            "bagpiper-train=bagpiper_jax.cli.train:main",
+            "bagpiper-prepare=bagpiper_jax.data.prepare:main",
             "bagpiper-codec=bagpiper_jax.cli.codec:main",
             "bagpiper-convert=bagpiper_jax.cli.convert:main",
             "bagpiper-audio-features=bagpiper_jax.cli.audio_features:main",

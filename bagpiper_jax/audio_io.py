@@ -14,7 +14,12 @@ SAMPLE_RATE = 16_000
 
 
 class AudioError(ValueError):
-    """An audio file is unreadable, empty or holds non-finite samples; names the file."""
+    """An audio file is missing, unreadable, empty or holds non-finite samples; names the
+    file. ``kind`` is a short category for reports."""
+
+    def __init__(self, message: str, kind: str = "unreadable audio"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def resample(wav: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -35,18 +40,21 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, channel: int | 
     """
     import soundfile as sf
     path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file {path} does not exist", "missing file")
     try:
         wav, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise AudioError(f"cannot read audio file {path}: {e}") from e
     if wav.shape[0] == 0:
-        raise AudioError(f"audio file {path} has no samples")
+        raise AudioError(f"audio file {path} has no samples", "empty audio")
     if not np.isfinite(wav).all():
-        raise AudioError(f"audio file {path} has NaN or infinite samples")
+        raise AudioError(f"audio file {path} has NaN or infinite samples", "non-finite samples")
     if channel is None:
         wav = wav.mean(axis=1)
     elif not 0 <= channel < wav.shape[1]:
-        raise AudioError(f"audio file {path} has {wav.shape[1]} channel(s); channel {channel} does not exist")
+        raise AudioError(f"audio file {path} has {wav.shape[1]} channel(s); channel {channel} does not exist",
+                         "bad channel")
     else:
         wav = wav[:, channel]
     return resample(np.ascontiguousarray(wav, dtype=np.float32), rate, sample_rate)

@@ -49,12 +49,16 @@ class ModelConfig:
     attention: str = "xla"  # xla | cudnn | splash
     loss_chunk: int = 1024  # frames per stream-0 cross-entropy chunk
     init_std: float = 0.02
+    # Frozen continuous audio encoder (bagpiper-convert hf-audio-encoder output); "" = none.
+    audio_encoder: str = ""
+    encoder_dtype: str = "bfloat16"
 
     def __post_init__(self):
         _check_choice("model.remat", self.remat, ("none", "dots", "full"))
         _check_choice("model.attention", self.attention, ("xla", "cudnn", "splash"))
         _check_choice("model.dtype", self.dtype, ("float32", "bfloat16"))
         _check_choice("model.param_dtype", self.param_dtype, ("float32", "bfloat16"))
+        _check_choice("model.encoder_dtype", self.encoder_dtype, ("float32", "bfloat16"))
         for name in ("text_vocab_size", "num_streams", "codebook_size", "hidden", "layers",
                      "heads", "kv_heads", "head_dim", "mlp", "max_frames", "continuous_dim",
                      "loss_chunk"):
@@ -134,11 +138,82 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Prepared corpus and the Grain training input (DESIGN §5, §6)."""
+
+    prepared: str = ""  # directory of ArrayRecord shards + index.json (bagpiper-prepare --out)
+    eval_prepared: str = ""  # held-out prepared directory for eval ("" = the first batches of `prepared`)
+    tokenizer: str = ""  # tokenizer.json, or a directory holding one (Qwen3's for real runs)
+    codec: str = ""  # converted XCodec params directory (bagpiper-convert hf-xcodec)
+    row_frames: int = 8192  # frames per packed row
+    batch_rows: int = 8  # packed rows per global batch
+    input_shards: int = 0  # logical input pipelines (0 = one per process); fixes the data order
+    max_pieces_per_row: int = 16  # continuous-audio pieces (<= piece_frames mel frames each) per row
+    piece_frames: int = 800  # mel frames per encoder attention window (n_window_infer)
+    loss_region: str = "assistant"  # assistant | all
+    cfg_drop: float = 0.05  # classifier-free-guidance dropout probability (training only)
+    overlong: str = "skip"  # skip | truncate (text-only examples longer than a row)
+    packing_bins: int = 64
+    shuffle_seed: int = 0
+    workers: int = 0  # Grain worker processes (0 = in the main process)
+    prefetch_buffer: int = 2
+    examples_per_shard: int = 512  # bagpiper-prepare
+    max_audio_seconds: float = 300.0
+
+    def __post_init__(self):
+        _check_choice("data.loss_region", self.loss_region, ("assistant", "all"))
+        _check_choice("data.overlong", self.overlong, ("skip", "truncate"))
+        if not 0.0 <= self.cfg_drop <= 1.0:
+            raise ConfigError(f"data.cfg_drop must lie in [0, 1], got {self.cfg_drop}")
+        if self.input_shards < 0:
+            raise ConfigError(f"data.input_shards must be >= 0, got {self.input_shards}")
+        for name in ("row_frames", "batch_rows", "max_pieces_per_row", "piece_frames", "packing_bins",
+                     "examples_per_shard"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"data.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, checkpointing and logging (DESIGN §7)."""
+
+    steps: int = 600_000
+    lr: float = 1e-4
+    warmup_steps: int = 5000
+    decay_steps: int = 600_000  # cosine from lr down to final_lr_ratio * lr at this step
+    final_lr_ratio: float = 0.3
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 3e-7
+    clip_norm: float = 1.0
+    grad_accum: int = 1  # micro-batches per step (data.batch_rows must divide)
+    init_from: str = ""  # HF Qwen3 directory used when the run has no checkpoint
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    eval_every: int = 1000
+    eval_batches: int = 4
+    peak_flops: float = 989e12  # per device, for MFU (H100/H200 bf16 dense)
+
+    def __post_init__(self):
+        for name in ("steps", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.decay_steps <= self.warmup_steps:
+            raise ConfigError(f"train.decay_steps ({self.decay_steps}) must exceed train.warmup_steps "
+                              f"({self.warmup_steps})")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
-    """A whole run. Later sections (data, train, generate) are added beside these."""
+    """A whole run. The generation section is added beside these later."""
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    run_dir: str = "runs/default"
     seed: int = 0
 
 

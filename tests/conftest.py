@@ -7,3 +7,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """A small prepared demo corpus (shared by the data and training tests)."""
+    from bagpiper_jax.data.demo import ensure_demo_prepared
+    from helpers import demo_config
+    root = tmp_path_factory.mktemp("demo")
+    ensure_demo_prepared(demo_config(root), examples=64, heldout=8)
+    return root

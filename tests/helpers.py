@@ -81,3 +81,18 @@ def packed_batch(vocab: Vocab, continuous_dim: int, rows: int = 2, frames: int =
     return Batch(ids=jnp.asarray(ids), segment_ids=jnp.asarray(seg), positions=jnp.asarray(pos),
                  loss_mask=jnp.asarray(mask), continuous=jnp.asarray(features),
                  continuous_frames=jnp.asarray(cont_frames))
+
+
+DEMO = REPO / "configs" / "demo.yaml"
+
+
+def demo_overrides(root: Path) -> list[str]:
+    """Overrides of configs/demo.yaml putting every path under ``root`` (a small demo there)."""
+    return [f"data.prepared={root}/demo/prepared", f"data.eval_prepared={root}/demo/heldout",
+            f"data.tokenizer={root}/demo/tokenizer.json", f"data.codec={root}/demo/codec",
+            f"model.audio_encoder={root}/demo/encoder", f"run_dir={root}/run",
+            "data.row_frames=256", "model.max_frames=256", "data.examples_per_shard=16"]
+
+
+def demo_config(root: Path, *overrides: str):
+    return load_config(DEMO, [*demo_overrides(root), *overrides])

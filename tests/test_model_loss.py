@@ -8,7 +8,7 @@ from flax import nnx
 
 from bagpiper_jax.model import Bagpiper
 from bagpiper_jax.model.create import init_model
-from bagpiper_jax.model.loss import multistream_loss
+from bagpiper_jax.model.loss import multistream_loss, stream_metrics
 from bagpiper_jax.sharding import make_mesh
 
 from helpers import packed_batch, tiny_config
@@ -64,12 +64,14 @@ def jitted(model, method, *args):
 
 def test_loss_matches_plain_reference(model_and_batch):
     model, batch = model_and_batch
-    loss, metrics = jitted(model, "loss", batch)
+    loss, sums = jitted(model, "loss", batch)
+    metrics = stream_metrics(sums)
     hidden = np.asarray(jitted(model, "hidden_states", batch), np.float64)
     ref, ref_streams = reference_loss(hidden, np.asarray(model.lm_head[...], np.float64),
                                       np.asarray(model.stream_emb[...], np.float64), np.asarray(batch.ids),
                                       np.asarray(batch.loss_mask), np.asarray(batch.segment_ids), model.vocab)
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(float(metrics["loss"]), ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(metrics["stream_loss"]), ref_streams, rtol=1e-5, atol=1e-5)
     assert float(metrics["positions"]) > 0
     assert np.all(np.asarray(metrics["stream_accuracy"]) <= 1.0)

@@ -10,6 +10,8 @@ import importlib
 import sys
 
 SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "bagpiper_jax.audio_encoder.hf_import",
+    "bagpiper_jax.codec.hf_import",
 )
 
 

@@ -112,9 +112,9 @@ class Bagpiper(nnx.Module):
         audio_head = head[:, v.audio_offset:v.audio_offset + v.audio_size]
         return logits0, jnp.einsum("btsd,dv->btsv", hs, audio_head, preferred_element_type=jnp.float32)
 
-    def loss(self, batch: Batch):
-        """``(loss, metrics)`` of DESIGN §2.4 (see :mod:`bagpiper_jax.model.loss`)."""
+    def loss(self, batch: Batch, denominator: jax.Array | None = None):
+        """``(loss, metric sums)`` of DESIGN §2.4 (see :mod:`bagpiper_jax.model.loss`)."""
         hidden = self.hidden_states(batch)
         return multistream_loss(hidden, self.lm_head[...], self.stream_emb[...], batch.ids,
                                 batch.loss_mask, batch.segment_ids, self.vocab, self.cfg.loss_chunk,
-                                self.rules)
+                                self.rules, denominator)

@@ -47,18 +47,26 @@ def _cross_entropy(logits: jax.Array, targets: jax.Array):
     return ce, correct
 
 
+def loss_positions(ids: jax.Array, loss_mask: jax.Array, segment_ids: jax.Array, vocab: Vocab) -> jax.Array:
+    """The loss denominator: positions whose stream-0 weight is non-zero (float32 scalar)."""
+    _, weights = next_frame_targets(ids, loss_mask, segment_ids, vocab)
+    return jnp.sum(weights[..., 0] != 0).astype(jnp.float32)
+
+
 def multistream_loss(hidden: jax.Array, head: jax.Array, stream_emb: jax.Array, ids: jax.Array,
                      loss_mask: jax.Array, segment_ids: jax.Array, vocab: Vocab, chunk: int,
-                     rules: Rules = ()):
-    """Loss and per-stream metrics.
+                     rules: Rules = (), denominator: jax.Array | None = None):
+    """Loss and per-stream metric sums.
 
     Args:
       hidden: final-norm hidden states ``[batch, frames, hidden]`` (compute dtype).
       head: lm_head kernel ``[hidden, vocab]``; stream_emb: ``[streams, hidden]``.
       ids, loss_mask: ``[batch, frames, streams]``; segment_ids: ``[batch, frames]``.
+      denominator: divide by this instead of this batch's own positions (gradient
+        accumulation divides every micro-batch by the whole batch's positions).
     Returns:
-      ``(loss, metrics)`` with ``stream_loss``/``stream_accuracy`` ``[streams]`` (weighted
-      means), ``stream_weight`` ``[streams]`` and ``positions`` (the loss denominator).
+      ``(loss, sums)``; ``sums`` holds ``stream_loss_sum``, ``stream_correct_sum``,
+      ``stream_weight`` (each ``[streams]``) and ``positions``; see :func:`stream_metrics`.
     """
     targets, weights = next_frame_targets(ids, loss_mask, segment_ids, vocab)
     batch, frames, dim = hidden.shape
@@ -95,10 +103,16 @@ def multistream_loss(hidden: jax.Array, head: jax.Array, stream_emb: jax.Array, 
     (loss_sum, correct_sum), _ = jax.lax.scan(
         jax.checkpoint(chunk_stats, prevent_cse=False), (zeros, zeros),
         (chunked(hidden), chunked(targets), chunked(weights)))
-    weight_sum = jnp.sum(weights, axis=(0, 1))
     positions = jnp.sum(weights[..., 0] != 0).astype(jnp.float32)
-    loss = jnp.sum(loss_sum) / jnp.maximum(positions, 1.0)
-    safe = jnp.maximum(weight_sum, 1e-9)
-    metrics = {"stream_loss": loss_sum / safe, "stream_accuracy": correct_sum / safe,
-               "stream_weight": weight_sum, "positions": positions}
-    return loss, metrics
+    loss = jnp.sum(loss_sum) / jnp.maximum(positions if denominator is None else denominator, 1.0)
+    sums = {"stream_loss_sum": loss_sum, "stream_correct_sum": correct_sum,
+            "stream_weight": jnp.sum(weights, axis=(0, 1)), "positions": positions}
+    return loss, sums
+
+
+def stream_metrics(sums: dict) -> dict:
+    """Per-stream weighted-mean loss and accuracy ``[streams]`` from (accumulated) sums."""
+    safe = jnp.maximum(sums["stream_weight"], 1e-9)
+    return {"loss": jnp.sum(sums["stream_loss_sum"]) / jnp.maximum(sums["positions"], 1.0),
+            "stream_loss": sums["stream_loss_sum"] / safe, "stream_accuracy": sums["stream_correct_sum"] / safe,
+            "positions": sums["positions"]}

@@ -1,4 +1,4 @@
-"""Synthetic packed batches with the real structure, for smoke runs and benchmarks."""
+"""Synthetic packed batches with the real structure, for benchmarks."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,0 +1,196 @@
+"""HF ↔ JAX conversion of the audio tower, and ``bagpiper-convert hf-audio-encoder``.
+
+Reads only the audio tower's tensors from a full Qwen3-Omni directory (names under
+``thinker.audio_tower.`` or ``thinker.model.audio_tower.``; the 30B language model is never
+indexed or read) or from a bare ``Qwen3OmniMoeAudioEncoder`` directory. Export writes HF
+names back; the layout changes are transposes/reshapes only, so torch → ours → torch is
+bit-exact (in the source dtype).
+
+Layouts (HF → ours): Linear ``[out, in]`` → kernel ``[in, out]`` (attention projections
+split ``heads × head_dim``); Conv2d ``[out, in, freq, time]`` → ``[time, freq, in, out]``;
+LayerNorm ``weight`` → ``scale``; per-layer tensors stacked on a leading layers axis.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+from flax import nnx
+
+from bagpiper_jax.audio_encoder.config import HF_MODEL_TYPE, AudioEncoderConfig
+from bagpiper_jax.audio_encoder.tower import abstract_tower
+from bagpiper_jax.convert.tensor_reader import CheckpointError, TensorReader
+
+HF_PREFIXES = ("thinker.audio_tower.", "thinker.model.audio_tower.")
+
+# (our module, HF module, kind, input rank of the kernel) — kind: linear | conv | norm.
+_TOP_MODULES = (
+    ("conv2d1", "conv2d1", "conv", 0),
+    ("conv2d2", "conv2d2", "conv", 0),
+    ("conv2d3", "conv2d3", "conv", 0),
+    ("conv_out", "conv_out", "linear", 1),
+    ("ln_post", "ln_post", "norm", 0),
+    ("proj1", "proj1", "linear", 1),
+    ("proj2", "proj2", "linear", 1),
+)
+_LAYER_MODULES = (
+    ("self_attn_layer_norm", "self_attn_layer_norm", "norm", 0),
+    ("q_proj", "self_attn.q_proj", "linear", 1),
+    ("k_proj", "self_attn.k_proj", "linear", 1),
+    ("v_proj", "self_attn.v_proj", "linear", 1),
+    ("out_proj", "self_attn.out_proj", "linear", 2),
+    ("final_layer_norm", "final_layer_norm", "norm", 0),
+    ("fc1", "fc1", "linear", 1),
+    ("fc2", "fc2", "linear", 1),
+)
+_HF_PARAM_NAME = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+
+
+def abstract_params(config: AudioEncoderConfig) -> dict:
+    """Nested dict of ``jax.ShapeDtypeStruct`` for the tower's parameters (float32)."""
+    return nnx.to_pure_dict(nnx.state(abstract_tower(config), nnx.Param))
+
+
+def _hf_shape(kind: str, name: str, shape: tuple[int, ...], in_rank: int) -> tuple[int, ...]:
+    """Shape of the HF tensor holding our parameter of ``shape``."""
+    if name == "kernel" and kind == "linear":
+        return (int(np.prod(shape[in_rank:])), int(np.prod(shape[:in_rank])))
+    if name == "kernel" and kind == "conv":
+        return tuple(reversed(shape))
+    return (int(np.prod(shape)),)
+
+
+def _to_ours(kind: str, name: str, tensor: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if name == "kernel" and kind == "linear":
+        return tensor.T.reshape(shape)
+    if name == "kernel" and kind == "conv":
+        return tensor.transpose(3, 2, 1, 0)
+    return tensor.reshape(shape)
+
+
+def _to_hf(kind: str, name: str, array: np.ndarray, in_rank: int) -> np.ndarray:
+    if name == "kernel" and kind == "linear":
+        fan_in = int(np.prod(array.shape[:in_rank]))
+        return array.reshape(fan_in, -1).T
+    if name == "kernel" and kind == "conv":
+        return array.transpose(3, 2, 1, 0)
+    return array.reshape(-1)
+
+
+def _entries(config: AudioEncoderConfig, shapes: dict) -> Iterator[tuple]:
+    """(our module path, HF module names (one per stacked layer or one), kind, in_rank, our
+    param dict of shapes) for every module holding parameters."""
+    for ours, hf, kind, in_rank in _TOP_MODULES:
+        yield (ours,), [hf], kind, in_rank, shapes[ours]
+    for ours, hf, kind, in_rank in _LAYER_MODULES:
+        names = [f"layers.{i}.{hf}" for i in range(config.encoder_layers)]
+        yield ("layers", ours), names, kind, in_rank, shapes["layers"][ours]
+
+
+def from_hf_tensors(config: AudioEncoderConfig, get: Callable[[str], np.ndarray]) -> dict:
+    """Builds our params (nested dict of float32 numpy arrays) from HF tensors.
+
+    Args:
+      get: returns the HF tensor of a name relative to the tower (``conv2d1.weight``);
+        raises when it is missing.
+    """
+    shapes = abstract_params(config)
+    params: dict = {}
+    for path, hf_modules, kind, in_rank, param_shapes in _entries(config, shapes):
+        node = params
+        for key in path:
+            node = node.setdefault(key, {})
+        stacked = path[0] == "layers"
+        for name, spec in param_shapes.items():
+            shape = spec.shape[1:] if stacked else spec.shape
+            expected = _hf_shape(kind, name, shape, in_rank)
+            arrays = []
+            for module in hf_modules:
+                hf_name = f"{module}.{_HF_PARAM_NAME[name]}"
+                tensor = np.asarray(get(hf_name), np.float32)
+                if tensor.shape != expected:
+                    raise CheckpointError(f"tensor {hf_name!r} has shape {tuple(tensor.shape)}, the config "
+                                          f"needs {expected} (for {'.'.join(path)}.{name})")
+                arrays.append(_to_ours(kind, name, tensor, shape))
+            node[name] = np.stack(arrays) if stacked else arrays[0]
+    return params
+
+
+def iter_hf_tensors(config: AudioEncoderConfig, params: dict, prefix: str = "",
+                    dtype=np.float32) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields ``(prefix + HF name, array in dtype)`` for every tower tensor, one at a time.
+
+    ``dtype`` should be the source checkpoint's dtype (e.g. ``ml_dtypes.bfloat16``) for a
+    bit-exact round trip.
+    """
+    for path, hf_modules, kind, in_rank, _ in _entries(config, abstract_params(config)):
+        node = params
+        for key in path:
+            node = node[key]
+        for name, value in node.items():
+            value = np.asarray(jax.device_get(value))
+            slices = list(value) if path[0] == "layers" else [value]
+            for module, array in zip(hf_modules, slices):
+                yield f"{prefix}{module}.{_HF_PARAM_NAME[name]}", _to_hf(kind, name, array, in_rank).astype(dtype)
+
+
+def open_hf_tower(hf_dir: str | Path) -> tuple[AudioEncoderConfig, TensorReader]:
+    """Config and a reader restricted to the audio tower of an HF directory."""
+    hf_dir = Path(hf_dir)
+    config = AudioEncoderConfig.from_hf_config(hf_dir)
+    model_type = json.loads((hf_dir / "config.json").read_text()).get("model_type")
+    if model_type == HF_MODEL_TYPE:
+        return config, TensorReader(hf_dir)
+    return config, TensorReader(hf_dir, strip_prefixes=HF_PREFIXES, only_prefixes=HF_PREFIXES)
+
+
+def import_hf(hf_dir: str | Path) -> tuple[AudioEncoderConfig, dict]:
+    """(config, params as a nested dict of float32 numpy arrays) from an HF directory."""
+    config, reader = open_hf_tower(hf_dir)
+    used: set[str] = set()
+
+    def get(name: str) -> np.ndarray:
+        used.add(name)
+        return reader.get(name)
+
+    params = from_hf_tensors(config, get)
+    unused = sorted(set(reader.keys()) - used)
+    if unused:
+        raise CheckpointError(f"{hf_dir} holds audio tower tensors the config does not use "
+                              f"(encoder_layers={config.encoder_layers}?): {unused[:5]}")
+    return config, params
+
+
+def export_hf(config: AudioEncoderConfig, params: dict, out_dir: str | Path, dtype=np.float32) -> Path:
+    """Writes a bare HF ``Qwen3OmniMoeAudioEncoder`` directory (config.json + model.safetensors)."""
+    from safetensors.numpy import save_file
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(dict(iter_hf_tensors(config, params, dtype=dtype)), str(out_dir / "model.safetensors"),
+              metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
+    return out_dir
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from bagpiper_jax.params_io import save_params
+    config, params = import_hf(args.hf)
+    out = save_params(args.out, params, config.to_dict())
+    count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+    print(f"wrote audio tower ({count:,} parameters, {config.encoder_layers} layers) to {out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Adds ``hf-audio-encoder --hf DIR --out DIR`` to ``bagpiper-convert``."""
+    p = subparsers.add_parser(
+        "hf-audio-encoder", help="HF Qwen3-Omni audio tower -> audio encoder params",
+        description="Reads only the audio tower of an HF Qwen3-Omni directory (or a bare "
+                    "Qwen3OmniMoeAudioEncoder directory) and writes an audio encoder params directory.")
+    p.add_argument("--hf", required=True, help="HF Qwen3-Omni directory or bare audio encoder directory")
+    p.add_argument("--out", required=True, help="output params directory")
+    p.set_defaults(run=_run_convert)

@@ -1,0 +1,60 @@
+"""``bagpiper-audio-features``: continuous audio-encoder output for one audio file.
+
+Reads any sample rate / channel count (resampled to 16 kHz and downmixed, or one channel
+picked), computes the log-mel features (waveform normalised unless ``--no-normalize``,
+truncated at 300 s) and runs the audio tower; writes float32 ``[tokens, output_dim]``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bagpiper-audio-features", description=__doc__.splitlines()[0])
+    parser.add_argument("--encoder", required=True, help="audio encoder params directory (bagpiper-convert "
+                                                         "hf-audio-encoder output)")
+    parser.add_argument("input", help="audio file (wav, flac, ogg)")
+    parser.add_argument("output", help="output .npy file")
+    parser.add_argument("--no-normalize", action="store_true", help="skip the zero-mean/unit-variance "
+                                                                     "waveform normalisation")
+    parser.add_argument("--channel", type=int, default=None, help="use this channel instead of the average")
+    args = parser.parse_args(argv)
+
+    from flax import nnx
+
+    from bagpiper_jax.audio_encoder.checkpoint import load_tower
+    from bagpiper_jax.audio_encoder.features import HOP, SAMPLE_RATE, log_mel, num_frames
+    from bagpiper_jax.audio_io import AudioError, load_audio
+
+    try:
+        wav = load_audio(args.input, SAMPLE_RATE, channel=args.channel)
+    except AudioError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
+    if num_frames(len(wav)) == 0:
+        print(f"{parser.prog}: error: audio file {args.input} has {len(wav)} samples at {SAMPLE_RATE} Hz, "
+              f"fewer than one mel frame ({HOP})", file=sys.stderr)
+        return 1
+    try:
+        tower = load_tower(args.encoder)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"{parser.prog}: error: cannot load audio encoder: {e}", file=sys.stderr)
+        return 1
+
+    lengths = np.array([len(wav)], np.int32)
+    features, frame_lengths = log_mel(wav[None], lengths, n_mels=tower.config.num_mel_bins,
+                                      normalize=not args.no_normalize)
+    outputs, token_lengths = nnx.jit(lambda t, f, n: t(f, n))(tower, features, frame_lengths)
+    result = np.asarray(outputs[0, :int(token_lengths[0])], np.float32)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.output, result)
+    print(f"wrote {result.shape[0]} x {result.shape[1]} encoder frames to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""XCodec configuration: the fields of HF ``XcodecConfig`` (and its HuBERT / DAC
+sub-configs) that the Flax model needs, read from an HF ``config.json``.
+
+The defaults are the shipped ``hf-audio/xcodec-hubert-general`` configuration: 16 kHz,
+hop 320 (50 frames/s), 1024-entry codebooks, 8 quantizers at 4 kbps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from bagpiper_jax.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class HubertConfig:
+    """The HuBERT semantic model (post-LN, GroupNorm feature encoder)."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    conv_dim: tuple[int, ...] = (512,) * 7
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+    conv_bias: bool = False
+    feat_proj_layer_norm: bool = True
+    num_conv_pos_embeddings: int = 128
+    num_conv_pos_embedding_groups: int = 16
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
+            raise ConfigError("semantic_model_config.conv_dim, conv_kernel and conv_stride must have "
+                              f"equal lengths, got {len(self.conv_dim)}, {len(self.conv_kernel)}, "
+                              f"{len(self.conv_stride)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"semantic_model_config.hidden_size ({self.hidden_size}) must be a multiple "
+                              f"of num_attention_heads ({self.num_attention_heads})")
+        if self.hidden_size % self.num_conv_pos_embedding_groups:
+            raise ConfigError(f"semantic_model_config.hidden_size ({self.hidden_size}) must be a multiple "
+                              f"of num_conv_pos_embedding_groups ({self.num_conv_pos_embedding_groups})")
+
+
+@dataclasses.dataclass(frozen=True)
+class DacConfig:
+    """The DAC acoustic encoder / decoder (Snake activations, no final tanh in XCodec)."""
+
+    encoder_hidden_size: int = 64
+    downsampling_ratios: tuple[int, ...] = (8, 5, 4, 2)
+    decoder_hidden_size: int = 1024
+    upsampling_ratios: tuple[int, ...] = (8, 5, 4, 2)
+    hidden_size: int = 256
+
+
+# HF sub-config fields that change the math but that this implementation does not
+# support: (field, the only supported value).
+_HUBERT_FIXED = (("feat_extract_norm", "group"), ("do_stable_layer_norm", False),
+                 ("conv_pos_batch_norm", False), ("hidden_act", "gelu"),
+                 ("feat_extract_activation", "gelu"))
+
+
+@dataclasses.dataclass(frozen=True)
+class XCodecConfig:
+    target_bandwidths: tuple[float, ...] = (0.5, 1, 1.5, 2, 4)
+    sample_rate: int = 16_000
+    kernel_size: int = 3
+    channel_ratios: tuple[float, ...] = (1, 1)
+    strides: tuple[int, ...] = (1, 1)
+    block_dilations: tuple[int, ...] = (1, 1)
+    unit_kernel_size: int = 3
+    codebook_size: int = 1024
+    semantic: HubertConfig = dataclasses.field(default_factory=HubertConfig)
+    acoustic: DacConfig = dataclasses.field(default_factory=DacConfig)
+
+    def __post_init__(self):
+        if len(self.strides) != len(self.channel_ratios):
+            raise ConfigError(f"strides ({len(self.strides)}) and channel_ratios ({len(self.channel_ratios)}) "
+                              "must have equal lengths")
+        if any(s != 1 for s in self.strides):
+            raise ConfigError(f"strides must all be 1 (semantic and acoustic frames must align), "
+                              f"got {list(self.strides)}")
+        if self.hop_length != math.prod(self.semantic.conv_stride):
+            raise ConfigError(f"acoustic_model_config.downsampling_ratios give hop {self.hop_length} but "
+                              f"semantic_model_config.conv_stride gives {math.prod(self.semantic.conv_stride)}")
+        if not self.target_bandwidths:
+            raise ConfigError("target_bandwidths must not be empty")
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.acoustic.downsampling_ratios)
+
+    @property
+    def frame_rate(self) -> int:
+        return math.ceil(self.sample_rate / self.hop_length)
+
+    @property
+    def codebook_dim(self) -> int:
+        """Width of the fused latent and of every codebook entry."""
+        return self.acoustic.hidden_size + self.semantic.hidden_size
+
+    @property
+    def num_quantizers(self) -> int:
+        """Quantizers held by the model: those needed at the highest target bandwidth."""
+        nbits = math.ceil(math.log2(self.codebook_size))
+        return int(1000 * self.target_bandwidths[-1] // (self.frame_rate * nbits))
+
+    def num_frames(self, samples):
+        """Code frames of a clip of ``samples`` samples (ints or integer arrays), as HF
+        ``XcodecModel.encode`` gives them: the HuBERT frame count of the clip zero-padded
+        by half a hop on each side (no trimming to a multiple of the hop)."""
+        length = samples + 2 * (self.hop_length // 2)
+        for k, s in zip(self.semantic.conv_kernel, self.semantic.conv_stride):
+            length = (length - k) // s + 1
+        return length
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest clip that gives one frame."""
+        return next(n for n in range(1, self.hop_length * 2) if self.num_frames(n) >= 1)
+
+    def quantizers_for_bandwidth(self, bandwidth: float | None = None) -> int:
+        """Number of codebooks used at ``bandwidth`` kbps, exactly as HF maps it
+        (default config: 0.5→1, 1→2, 1.5→3, 2→4, 4→8); ``None`` = the highest."""
+        if bandwidth is None:
+            return self.num_quantizers
+        if bandwidth not in self.target_bandwidths:
+            raise ConfigError(f"bandwidth {bandwidth} kbps is not one of target_bandwidths "
+                              f"{list(self.target_bandwidths)}")
+        per_quantizer = math.log2(self.codebook_size) * self.frame_rate / 1000
+        return int(max(1, math.floor(bandwidth / per_quantizer))) if bandwidth > 0 else self.num_quantizers
+
+    # ---- (de)serialisation ------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "XCodecConfig":
+        """Inverse of :meth:`to_dict` (strict: unknown keys raise, naming ``source``)."""
+        d = dict(d)
+        semantic = _build(HubertConfig, d.pop("semantic", {}), f"{source}: semantic")
+        acoustic = _build(DacConfig, d.pop("acoustic", {}), f"{source}: acoustic")
+        return _build(cls, d, source, semantic=semantic, acoustic=acoustic)
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "XCodecConfig":
+        """Builds from an HF ``XcodecConfig`` dict; fields we do not model are ignored
+        unless they change the math, in which case an unsupported value raises."""
+        if d.get("model_type", "xcodec") != "xcodec":
+            raise ConfigError(f"{source}: model_type is {d.get('model_type')!r}, expected 'xcodec'")
+        sem = d.get("semantic_model_config") or {}
+        if sem.get("model_type", "hubert") != "hubert":
+            raise ConfigError(f"{source}: semantic_model_config.model_type is {sem.get('model_type')!r}; "
+                              "only 'hubert' is supported")
+        for key, value in _HUBERT_FIXED:
+            if key in sem and sem[key] != value:
+                raise ConfigError(f"{source}: semantic_model_config.{key} = {sem[key]!r} is not supported "
+                                  f"(only {value!r})")
+        ac = d.get("acoustic_model_config") or {}
+        if ac.get("model_type", "dac") != "dac":
+            raise ConfigError(f"{source}: acoustic_model_config.model_type is {ac.get('model_type')!r}, "
+                              "expected 'dac'")
+        semantic = _build(HubertConfig, _known(HubertConfig, sem), f"{source}: semantic_model_config")
+        acoustic = _build(DacConfig, _known(DacConfig, ac), f"{source}: acoustic_model_config")
+        top = {k: v for k, v in _known(cls, d).items() if k not in ("semantic", "acoustic")}
+        cfg = _build(cls, top, source, semantic=semantic, acoustic=acoustic)
+        if d.get("codebook_dim") not in (None, cfg.codebook_dim):
+            raise ConfigError(f"{source}: codebook_dim {d['codebook_dim']} must equal acoustic + semantic "
+                              f"hidden sizes ({cfg.codebook_dim})")
+        return cfg
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """An HF ``XcodecConfig`` dict that ``XcodecConfig(**d)`` / ``from_pretrained`` accepts."""
+        top = {k: _jsonable(v) for k, v in self.to_dict().items() if k not in ("semantic", "acoustic")}
+        semantic = {k: _jsonable(v) for k, v in dataclasses.asdict(self.semantic).items()}
+        semantic.update({k: v for k, v in _HUBERT_FIXED}, model_type="hubert",
+                        num_feat_extract_layers=len(self.semantic.conv_dim))
+        acoustic = {k: _jsonable(v) for k, v in dataclasses.asdict(self.acoustic).items()}
+        acoustic.update(model_type="dac", hop_length=self.hop_length)
+        return {**top, "model_type": "xcodec", "architectures": ["XcodecModel"],
+                "codebook_dim": self.codebook_dim, "semantic_model_config": semantic,
+                "acoustic_model_config": acoustic}
+
+
+def _jsonable(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _known(cls, d: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+def _build(cls, d: dict, source: str, **extra):
+    """Instantiates a config dataclass, coercing lists to tuples and checking types."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    defaults = cls()
+    kwargs = dict(extra)
+    for key, value in d.items():
+        if key not in names:
+            raise ConfigError(f"{source}: unknown field {key!r}")
+        default = getattr(defaults, key)
+        if isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{source}: field {key!r} must be a list, got {value!r}")
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{source}: field {key!r} must be a bool, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{source}: field {key!r} must be an int, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{source}: field {key!r} must be a number, got {value!r}")
+            value = float(value)
+        kwargs[key] = value
+    return cls(**kwargs)

@@ -1,0 +1,1 @@
+"""Corpus manifest, preparation to ArrayRecord shards, templates and the Grain input pipeline."""

@@ -1,0 +1,74 @@
+"""Builds everything ``configs/demo.yaml`` trains on, from nothing, on CPU in about a minute.
+
+Under the folder that holds ``data.prepared`` (``data/demo`` in the shipped config):
+``corpus/`` (the synthetic clips and manifests of :mod:`bagpiper_jax.data.demo_corpus`),
+the byte-level BPE tokenizer trained on its captions (``data.tokenizer``), a tiny
+random-weight XCodec (``data.codec``) and audio tower (``model.audio_encoder``) with the
+real architectures, and the prepared shards of the training and held-out manifests
+(``data.prepared``, ``data.eval_prepared``). Real runs point these keys at Qwen3's
+tokenizer and the converted XCodec / Qwen3-Omni weights instead.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from bagpiper_jax.config import Config
+from bagpiper_jax.data.demo_corpus import captions, write_demo_corpus
+from bagpiper_jax.data.prepare import prepare_manifest
+from bagpiper_jax.data.text_tokenizer import train_byte_bpe
+
+log = logging.getLogger(__name__)
+
+
+def tiny_codec_config():
+    """XCodec with the real structure (hop 320, 8 quantizers) at toy width, 64-entry codebooks."""
+    from bagpiper_jax.codec.config import DacConfig, HubertConfig, XCodecConfig
+    return XCodecConfig(
+        target_bandwidths=(2.4,), codebook_size=64,
+        semantic=HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                              conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
+        acoustic=DacConfig(encoder_hidden_size=8, decoder_hidden_size=32, hidden_size=16))
+
+
+def tiny_encoder_config(output_dim: int, window: int):
+    from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
+    return AudioEncoderConfig(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
+                              downsample_hidden_size=8, output_dim=output_dim, n_window_infer=window)
+
+
+def write_random_codec(directory: str | Path, seed: int = 0):
+    from bagpiper_jax.codec.checkpoint import params_from_model, save_codec
+    from bagpiper_jax.codec.xcodec import XCodec
+    cfg = tiny_codec_config()
+    model = XCodec(cfg, rngs=nnx.Rngs(seed))
+    save_codec(directory, cfg, params_from_model(model))
+
+
+def write_random_encoder(directory: str | Path, output_dim: int, window: int, seed: int = 0):
+    from bagpiper_jax.audio_encoder.checkpoint import save_tower
+    from bagpiper_jax.audio_encoder.tower import AudioTower
+    save_tower(directory, AudioTower(tiny_encoder_config(output_dim, window), rngs=nnx.Rngs(seed)))
+
+
+def ensure_demo_prepared(cfg: Config, examples: int = 400, heldout: int = 40) -> None:
+    """Builds whatever of the demo is missing (each part is skipped when present)."""
+    prepared = Path(cfg.data.prepared)
+    root = prepared.parent
+    corpus = root / "corpus"
+    if not (corpus / "heldout.jsonl").is_file():
+        log.info("writing the demo corpus to %s", corpus)
+        write_demo_corpus(corpus, examples=examples, heldout=heldout, seed=cfg.seed)
+    if not Path(cfg.data.tokenizer).is_file():
+        train_byte_bpe(captions(corpus / "manifest.jsonl"), min(512, cfg.model.text_vocab_size), cfg.data.tokenizer)
+    if not (Path(cfg.data.codec) / "config.json").is_file():
+        write_random_codec(cfg.data.codec, cfg.seed)
+    if cfg.model.audio_encoder and not (Path(cfg.model.audio_encoder) / "config.json").is_file():
+        write_random_encoder(cfg.model.audio_encoder, cfg.model.continuous_dim, cfg.data.piece_frames, cfg.seed)
+    for manifest, out in (("manifest.jsonl", cfg.data.prepared), ("heldout.jsonl", cfg.data.eval_prepared)):
+        if out and not (Path(out) / "index.json").is_file():
+            prepare_manifest(cfg, corpus / manifest, out, process_index=jax.process_index(),
+                             process_count=jax.process_count(), progress=False)

@@ -1,0 +1,1 @@
+"""Training: optimizer, sharded train/eval steps, Orbax checkpoints, the trainer loop."""

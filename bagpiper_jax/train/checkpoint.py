@@ -1,0 +1,63 @@
+"""Orbax checkpoints of a training run: train state, data-iterator state, config + metadata.
+
+``<run_dir>/checkpoints/<step>/`` holds three items:
+
+- ``state``: the :class:`TrainState` (params, optimizer state, step), written by every
+  process for its shards; restored onto whatever mesh the targets' shardings describe, so
+  a run can resume on a different mesh shape or device count;
+- ``data``: each process's Grain iterator state (one file per process);
+- ``meta``: the resolved config, step, frames seen and library version (JSON).
+
+Saves are asynchronous. Orbax writes into a temporary directory and renames it when the
+save is complete, so a save interrupted mid-write is never listed; ``latest_step`` is the
+last complete one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import grain
+import orbax.checkpoint as ocp
+
+from bagpiper_jax.config import Config, to_dict
+from bagpiper_jax.train.state import TrainState
+
+
+class RunCheckpoints:
+    def __init__(self, run_dir: str | Path, keep: int, async_save: bool = True):
+        self.directory = Path(run_dir).absolute() / "checkpoints"
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                               create=True)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: TrainState, data_iterator, cfg: Config, frames_seen: int,
+             force: bool = False) -> bool:
+        from bagpiper_jax import __version__
+        meta = {"step": step, "frames_seen": frames_seen, "version": __version__, "config": to_dict(cfg)}
+        return self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
+            meta=ocp.args.JsonSave(meta)), force=force)
+
+    def restore(self, step: int, target: TrainState, data_iterator) -> tuple[TrainState, dict]:
+        """Restores ``target`` (abstract arrays with the shardings wanted now) and sets the
+        iterator's state in place; returns the state and the metadata."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iterator),
+            meta=ocp.args.JsonRestore()))
+        return restored["state"], restored["meta"]
+
+    def restore_state(self, step: int, target: TrainState) -> TrainState:
+        """The train state alone (conversion and evaluation tools)."""
+        return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.close()

@@ -1,0 +1,213 @@
+"""The training loop behind ``bagpiper-train``.
+
+Start-up: mesh from the config; the latest checkpoint of ``run_dir`` if there is one
+(train state onto the current mesh, data-iterator state, frames seen), else params from
+``train.init_from`` (an HF Qwen3 directory) or random; the train step compiled ahead of
+time with its ``memory_analysis()`` logged. Then per step: next packed batch -> global
+arrays -> jitted step. Every ``log_every`` steps: loss, per-stream loss/accuracy, lr,
+grad norm, frames/s, MFU, step time to the progress bar, ``metrics.jsonl`` and
+TensorBoard; every ``eval_every`` steps an eval pass; every ``checkpoint_every`` steps an
+async checkpoint. SIGTERM (preemption) saves at the current step, waits for the save to
+commit and returns; the command exits 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from bagpiper_jax.audio_encoder.config import output_lengths
+from bagpiper_jax.config import Config
+from bagpiper_jax.data.pipeline import DataError, build_input, to_global_arrays
+from bagpiper_jax.model.create import abstract_model, init_model
+from bagpiper_jax.model.flops import train_flops_per_frame
+from bagpiper_jax.model.loss import stream_metrics
+from bagpiper_jax.sharding import make_mesh, state_shardings
+from bagpiper_jax.train.checkpoint import RunCheckpoints
+from bagpiper_jax.train.metrics_log import MetricsLog
+from bagpiper_jax.train.optimizer import learning_rate, make_optimizer
+from bagpiper_jax.train.state import abstract_state, init_state, train_state_shardings, with_shardings
+from bagpiper_jax.train.step import batch_shardings, jit_steps, make_eval_step, make_train_step
+from bagpiper_jax.vocab import Vocab
+
+log = logging.getLogger(__name__)
+MEL_BINS_WITHOUT_ENCODER = 128
+
+
+@dataclasses.dataclass
+class Frozen:
+    """The frozen audio tower split for the jitted steps (all None without an encoder)."""
+
+    graphdef: nnx.GraphDef | None = None
+    params: nnx.State | None = None
+    shardings: nnx.State | None = None
+    mel_bins: int = MEL_BINS_WITHOUT_ENCODER
+
+
+def load_frozen_encoder(cfg: Config, mesh) -> Frozen:
+    if not cfg.model.audio_encoder:
+        return Frozen()
+    from bagpiper_jax.audio_encoder.checkpoint import load_tower
+    tower = load_tower(cfg.model.audio_encoder, jnp.dtype(cfg.model.encoder_dtype), mesh, cfg.mesh.rules)
+    if tower.config.output_dim != cfg.model.continuous_dim:
+        raise DataError(f"audio encoder {cfg.model.audio_encoder} outputs {tower.config.output_dim} features but "
+                        f"model.continuous_dim is {cfg.model.continuous_dim}")
+    if cfg.data.piece_frames % tower.config.window_frames:
+        raise DataError(f"data.piece_frames={cfg.data.piece_frames} must be a multiple of the encoder's attention "
+                        f"window ({tower.config.window_frames} mel frames, n_window_infer)")
+    graphdef, params = nnx.split(tower)
+    return Frozen(graphdef, params, state_shardings(params, mesh, cfg.mesh.rules), tower.config.num_mel_bins)
+
+
+def abstract_batch(cfg: Config, rows: int, mel_bins: int) -> dict:
+    d, s = cfg.data, cfg.model.num_streams
+    spec = jax.ShapeDtypeStruct
+    return {"ids": spec((rows, d.row_frames, s), jnp.int32), "segment_ids": spec((rows, d.row_frames), jnp.int32),
+            "positions": spec((rows, d.row_frames), jnp.int32), "loss_mask": spec((rows, d.row_frames, s), jnp.float32),
+            "mel": spec((rows, d.max_pieces_per_row, d.piece_frames, mel_bins), jnp.float32),
+            "mel_lengths": spec((rows, d.max_pieces_per_row), jnp.int32),
+            "mel_clip_lengths": spec((rows, d.max_pieces_per_row), jnp.int32),
+            "mel_start": spec((rows, d.max_pieces_per_row), jnp.int32)}
+
+
+class Preemption:
+    """Turns SIGTERM into a flag the loop checks (agreed on by all processes)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def agreed(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _device_memory_summary(compiled) -> dict:
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return {}
+    return {k: round(getattr(mem, k) / 2**30, 3) for k in ("argument_size_in_bytes", "output_size_in_bytes",
+                                                          "temp_size_in_bytes") if hasattr(mem, k)}
+
+
+def train(cfg: Config, progress: bool = True) -> dict:
+    """Runs (or resumes) training to ``cfg.train.steps``; returns a summary dict."""
+    t_cfg, rules = cfg.train, cfg.mesh.rules
+    if cfg.data.batch_rows % t_cfg.grad_accum:
+        raise DataError(f"data.batch_rows={cfg.data.batch_rows} is not a multiple of train.grad_accum={t_cfg.grad_accum}")
+    mesh = make_mesh(cfg.mesh)
+    main = jax.process_index() == 0
+    vocab = Vocab.from_config(cfg.model)
+    tx, schedule = make_optimizer(t_cfg), learning_rate(t_cfg)
+    graphdef, abstract_params = abstract_model(cfg.model, rules)
+    abstract = abstract_state(abstract_params, tx)
+    state_sh = train_state_shardings(abstract, mesh, rules)
+    frozen = load_frozen_encoder(cfg, mesh)
+    data = build_input(cfg.data, vocab, output_lengths, frozen.mel_bins, process_index=jax.process_index(),
+                       process_count=jax.process_count())
+    ckpts = RunCheckpoints(cfg.run_dir, t_cfg.keep_checkpoints)
+    latest = ckpts.latest_step()
+    frames_seen = 0
+    if latest is not None:
+        state, meta = ckpts.restore(latest, with_shardings(abstract, state_sh), data)
+        frames_seen = meta["frames_seen"]
+        log.info("resumed from %s/%d", ckpts.directory, latest)
+    else:
+        if t_cfg.init_from:  # an HF Qwen3 directory or a model checkpoint (bagpiper-convert)
+            from bagpiper_jax.convert.model_checkpoint import load_init_params
+            params = load_init_params(t_cfg.init_from, cfg, mesh)
+        else:
+            _, params, _ = init_model(cfg.model, mesh, rules, cfg.seed)
+        state = init_state(params, tx, state_sh)
+    local_rows = cfg.data.batch_rows // jax.process_count()
+    example = abstract_batch(cfg, cfg.data.batch_rows, frozen.mel_bins)
+    batch_sh = batch_shardings(example, mesh, rules)
+    train_step, eval_step = jit_steps(make_train_step(graphdef, frozen.graphdef, tx, schedule, t_cfg.grad_accum),
+                                      make_eval_step(graphdef, frozen.graphdef), state_sh, frozen.shardings,
+                                      batch_sh, mesh)
+    with jax.set_mesh(mesh):
+        t0 = time.perf_counter()
+        compiled = train_step.lower(with_shardings(abstract, state_sh), frozen.params,
+                                    with_shardings(example, batch_sh)).compile()
+        memory = _device_memory_summary(compiled)
+    logs = MetricsLog(cfg.run_dir, enabled=main)
+    if main:
+        (logs.run_dir / "config_resolved.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        log.info("train step compiled in %.1fs; per-device memory (GiB): %s", time.perf_counter() - t0, memory)
+        print(json.dumps({"compiled_s": round(time.perf_counter() - t0, 1), "memory_gib": memory,
+                          "data": data.report, "start_step": int(state.step)}), flush=True)
+    frames_per_step = cfg.data.batch_rows * cfg.data.row_frames
+    flops_per_step = train_flops_per_frame(cfg.model, cfg.data.row_frames) * frames_per_step
+    preemption = Preemption()
+    start = int(state.step)
+    bar = tqdm(total=t_cfg.steps, initial=start, disable=not (main and progress), unit="step", dynamic_ncols=True)
+    step, last = start, {}
+    window_t, window_steps = time.perf_counter(), 0
+    try:
+        with jax.set_mesh(mesh):
+            while step < t_cfg.steps:
+                host = next(data)
+                if frozen.graphdef is None and np.any(host["mel_lengths"]):
+                    raise DataError("the data holds continuous (user) audio but model.audio_encoder is not set")
+                if len(host["ids"]) != local_rows:
+                    raise DataError(f"pipeline gave {len(host['ids'])} rows, expected {local_rows}")
+                state, metrics = compiled(state, frozen.params, to_global_arrays(host, batch_sh))
+                step += 1
+                window_steps += 1
+                frames_seen += frames_per_step
+                if step % t_cfg.log_every == 0 or step == t_cfg.steps:
+                    metrics = jax.device_get(metrics)
+                    dt = (time.perf_counter() - window_t) / window_steps
+                    metrics.update(step_s=dt, frames_per_s=frames_per_step / dt,
+                                   mfu=flops_per_step / dt / (t_cfg.peak_flops * jax.device_count()),
+                                   frames_seen=frames_seen)
+                    last = logs.write(step, metrics)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", fps=f"{last['frames_per_s']:.0f}")
+                    window_t, window_steps = time.perf_counter(), 0
+                if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
+                    logs.write(step, evaluate(cfg, eval_step, state.params, frozen, vocab, batch_sh), "eval/")
+                if step % t_cfg.checkpoint_every == 0 or step == t_cfg.steps:
+                    ckpts.save(step, state, data, cfg, frames_seen)
+                bar.update(1)
+                if preemption.agreed():
+                    ckpts.save(step, state, data, cfg, frames_seen, force=True)
+                    ckpts.wait()
+                    log.warning("preempted: saved step %d", step)
+                    return {"step": step, "preempted": True, **last}
+        ckpts.wait()
+    finally:
+        preemption.restore()
+        bar.close()
+        ckpts.close()
+        logs.plot_loss()
+        logs.close()
+    return {"step": step, "preempted": False, **last}
+
+
+def evaluate(cfg: Config, eval_step, params, frozen: Frozen, vocab: Vocab, batch_sh: dict) -> dict:
+    """Mean metrics over ``train.eval_batches`` batches of the eval data (no CFG dropout),
+    always the same batches: a fresh pipeline from its start."""
+    data_cfg = dataclasses.replace(cfg.data, prepared=cfg.data.eval_prepared or cfg.data.prepared, workers=0)
+    data = build_input(data_cfg, vocab, output_lengths, frozen.mel_bins, process_index=jax.process_index(),
+                       process_count=jax.process_count(), train=False)
+    total = None
+    for _ in range(cfg.train.eval_batches):
+        sums = eval_step(params, frozen.params, to_global_arrays(next(data), batch_sh))
+        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    return jax.device_get(stream_metrics(total))

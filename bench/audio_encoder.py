@@ -1,0 +1,110 @@
+"""Continuous audio encoder throughput (log-mel features + audio tower), JAX vs HF torch.
+
+Full Qwen3-Omni tower config (output_dim 2048) with HF's random init, the same weights on
+both sides. A batch of clips of different lengths (the longest ``--seconds``, the others
+shorter) goes through waveform → log-mel → tower: ours as one jitted function on the
+bucketed batch, HF as ``WhisperFeatureExtractor(feature_size=128)`` + the
+``Qwen3OmniMoeAudioEncoder`` forward. Prints one JSON line with mel frames per second
+for each side (best of ``--repeats`` after a warm-up) and ours / HF (> 1: ours faster).
+Both sides run on the default JAX device / the matching torch device (CUDA when JAX runs
+on a GPU and torch has one, else CPU), in ``--dtype``.
+
+    python bench/audio_encoder.py [--batch 4] [--seconds 10] [--repeats 3] [--dtype float32]
+"""
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+from transformers import WhisperFeatureExtractor
+from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
+from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
+
+from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
+from bagpiper_jax.audio_encoder.features import HOP, log_mel
+from bagpiper_jax.audio_encoder.hf_import import from_hf_tensors
+from bagpiper_jax.audio_encoder.tower import bucket_frames, parameter_count, tower_from_params
+
+p = argparse.ArgumentParser()
+p.add_argument("--batch", type=int, default=4)
+p.add_argument("--seconds", type=float, default=10.0)
+p.add_argument("--repeats", type=int, default=3)
+p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+args = p.parse_args()
+
+torch.manual_seed(0)
+device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+hf = Qwen3OmniMoeAudioEncoder(Qwen3OmniMoeAudioEncoderConfig(output_dim=2048)).eval()
+config = AudioEncoderConfig.from_dict(hf.config.to_dict())
+
+
+def same_weights(model):
+    state = model.state_dict()
+    return from_hf_tensors(config, lambda name: state[name].numpy())
+
+
+tower = tower_from_params(config, same_weights(hf), dtype=getattr(jnp, args.dtype))
+hf = hf.to(device, getattr(torch, args.dtype))
+extractor = WhisperFeatureExtractor(feature_size=128)
+
+# Lengths from 1/2 to all of --seconds; the batch is padded to whole 100-frame chunks.
+samples = [int(args.seconds * 16_000 * (1 - 0.5 * i / max(args.batch - 1, 1))) for i in range(args.batch)]
+clips = [(0.1 * np.random.default_rng(i).standard_normal(n)).astype(np.float32) for i, n in enumerate(samples)]
+frames = bucket_frames(max(samples) // HOP, step=config.chunk_frames)
+waveforms = np.zeros((args.batch, frames * HOP), np.float32)
+for i, clip in enumerate(clips):
+    waveforms[i, :len(clip)] = clip
+lengths = np.array(samples, np.int32)
+total_frames = int(sum(n // HOP for n in samples))
+
+
+graphdef, params_state = nnx.split(tower)
+
+
+@jax.jit
+def ours_fn(params_state, waveforms, lengths):
+    features, frame_lengths = log_mel(waveforms, lengths)
+    return nnx.merge(graphdef, params_state)(features, frame_lengths)
+
+
+def ours():
+    outputs, _ = ours_fn(params_state, waveforms, lengths)
+    return outputs.block_until_ready()
+
+
+def theirs():
+    inputs = extractor(clips, sampling_rate=16_000, padding="longest", truncation=False, do_normalize=True,
+                       return_attention_mask=True, return_tensors="pt")
+    mask = inputs["attention_mask"].bool()
+    features = inputs["input_features"].permute(0, 2, 1)[mask].T.to(device, getattr(torch, args.dtype))
+    with torch.no_grad():
+        out = hf(features, feature_lens=mask.sum(-1).to(device)).last_hidden_state
+    return out.float().cpu().numpy()
+
+
+def best_time(fn):
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+t0 = time.perf_counter()
+ours()
+compile_s = time.perf_counter() - t0
+theirs()  # warm-up
+t_ours, t_hf = best_time(ours), best_time(theirs)
+print(json.dumps({
+    "bench": "audio_encoder", "device": str(jax.devices()[0].device_kind), "torch_device": device,
+    "torch_threads": torch.get_num_threads(), "dtype": args.dtype, "params": parameter_count(config),
+    "batch": args.batch, "longest_seconds": args.seconds, "bucket_frames": frames, "mel_frames": total_frames,
+    "repeats": args.repeats, "ours_compile_s": round(compile_s, 2),
+    "ours_frames_per_s": round(total_frames / t_ours, 1), "hf_frames_per_s": round(total_frames / t_hf, 1),
+    "speedup": round(t_hf / t_ours, 3),
+}))

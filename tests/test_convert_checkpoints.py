@@ -1,0 +1,275 @@
+"""bagpiper-convert hf-qwen3 / to-torch / from-torch, model checkpoints, resharding, init_from."""
+import json
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+import torch
+import yaml
+from flax import nnx
+from safetensors.numpy import load_file
+from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
+
+from bagpiper_jax.cli.convert import main
+from bagpiper_jax.config import ConfigError, to_dict
+from bagpiper_jax.convert.hf_qwen3 import load_hf_qwen3
+from bagpiper_jax.convert.model_checkpoint import ParamsSource, load_init_params, load_model_params
+from bagpiper_jax.convert.safetensors_writer import TensorSpec, write_safetensors
+from bagpiper_jax.convert.tensor_reader import CheckpointError, TensorReader
+from bagpiper_jax.audio_encoder.hf_import import abstract_params
+from bagpiper_jax.codec.checkpoint import abstract_model, save_codec, variable_names
+from bagpiper_jax.data.demo import tiny_codec_config, tiny_encoder_config
+from bagpiper_jax.params_io import load_params, save_params
+from bagpiper_jax.sharding import make_mesh
+from bagpiper_jax.train.checkpoint import RunCheckpoints
+from bagpiper_jax.train.state import abstract_state, init_state, train_state_shardings
+
+from helpers import tiny_config
+from test_hf_qwen3 import hf_dir, hf_logits, stream0_text_logits  # noqa: F401 - hf_dir is a fixture
+
+CODEC = "multimodal_io_dict.discrete_audio.codec_model."
+TOWER = "multimodal_io_dict.continuous_audio.model.audio_tower."
+
+
+@pytest.fixture(scope="module")
+def setup(hf_dir, tmp_path_factory):  # noqa: F811
+    """Tiny HF Qwen3 + random codec/encoder params dirs + a config naming them, converted by
+    ``hf-qwen3`` on the 8-device fsdp mesh, then exported by ``to-torch`` (sharded)."""
+    root = tmp_path_factory.mktemp("convert")
+    cfg = tiny_config(f"data.codec={root}/codec", f"model.audio_encoder={root}/encoder")
+    rng = np.random.default_rng(0)
+    draw = lambda spec: rng.normal(size=spec.shape).astype(spec.dtype)  # random values, real structure
+    codec_cfg = tiny_codec_config()
+    save_codec(root / "codec", codec_cfg, {k: draw(v) for k, v in variable_names(abstract_model(codec_cfg)).items()})
+    encoder_cfg = tiny_encoder_config(cfg.model.continuous_dim, 100)
+    save_params(root / "encoder", jax.tree.map(draw, abstract_params(encoder_cfg)), encoder_cfg.to_dict())
+    (root / "cfg.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    assert main(["hf-qwen3", "--hf", str(hf_dir[0]), "--config", str(root / "cfg.yaml"), "--out",
+                 str(root / "ckpt")]) == 0
+    assert main(["to-torch", "--checkpoint", str(root / "ckpt"), "--out", str(root / "torch"),
+                 "--max-shard-size", "300KB"]) == 0
+    return root, cfg
+
+
+def logits_of(ckpt, cfg, tokens, devices=1):
+    mesh = make_mesh(cfg.mesh, jax.devices()[:devices])
+    graphdef, state, _ = load_model_params(ckpt, cfg.model, mesh, cfg.mesh.rules)
+    with jax.set_mesh(mesh):
+        return stream0_text_logits(graphdef, state, [tokens], len(tokens), nnx.merge(graphdef, state).vocab)
+
+
+def tokens(cfg, n=19, seed=0):
+    return np.random.default_rng(seed).integers(0, cfg.model.text_vocab_size, n).tolist()
+
+
+def all_tensors(path) -> dict[str, np.ndarray]:
+    reader = TensorReader(path)
+    return {k: np.array(reader.view(k)) for k in reader.keys()}
+
+
+def test_hf_qwen3_checkpoint_matches_hf(setup, hf_dir):  # noqa: F811
+    root, cfg = setup
+    a = tokens(cfg)
+    np.testing.assert_allclose(logits_of(root / "ckpt", cfg, a), hf_logits(hf_dir[1], a), atol=1e-4, rtol=0)
+    params = load_params(root / "ckpt")
+    np.testing.assert_array_equal(np.asarray(params["stream_emb"]["value"]), 0)
+    kernel = np.asarray(params["adaptor_kernel"]["value"])
+    assert abs(kernel.std() - cfg.model.init_std) < 0.2 * cfg.model.init_std
+    assert json.loads((root / "ckpt" / "config.json").read_text())["step"] == 0
+    for part in ("codec", "encoder"):  # the frozen modules named in the config came along
+        stored = load_params(root / "ckpt" / ("codec" if part == "codec" else "audio_encoder"))
+        jax.tree.map(np.testing.assert_array_equal, stored, load_params(root / part))
+
+
+def test_hf_qwen3_dims_from_hf_config_without_config(hf_dir, tmp_path):  # noqa: F811
+    assert main(["hf-qwen3", "--hf", str(hf_dir[0]), "--out", str(tmp_path / "ckpt")]) == 0
+    model = json.loads((tmp_path / "ckpt" / "config_resolved.json").read_text())["model"]
+    tiny = tiny_config().model
+    assert (model["hidden"], model["layers"], model["heads"], model["kv_heads"], model["mlp"],
+            model["text_vocab_size"]) == (tiny.hidden, tiny.layers, tiny.heads, tiny.kv_heads, tiny.mlp,
+                                          tiny.text_vocab_size)
+    assert (model["num_special"], model["codebook_size"], model["continuous_dim"]) == (256, 1024, 2048)  # 8B
+
+
+def test_hf_qwen3_refuses_mismatched_config(hf_dir, tmp_path):  # noqa: F811
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(to_dict(tiny_config("model.mlp=96"))))
+    with pytest.raises(SystemExit, match=r"model.mlp=96 but .*config.json gives 128"):
+        main(["hf-qwen3", "--hf", str(hf_dir[0]), "--config", str(tmp_path / "cfg.yaml"), "--out",
+              str(tmp_path / "ckpt")])
+
+
+def test_to_torch_loads_into_qwen3_with_extended_vocab(setup, hf_dir):  # noqa: F811
+    root, cfg = setup
+    state = all_tensors(root / "torch")
+    assert (root / "torch" / "model.safetensors.index.json").is_file()
+    vocab = nnx.merge(*load_model_params(root / "ckpt", cfg.model, make_mesh(cfg.mesh, jax.devices()[:1]),
+                                         cfg.mesh.rules)[:2]).vocab
+    assert state["model.embed_tokens.weight"].shape == state["lm_head.weight"].shape == (vocab.size, cfg.model.hidden)
+    assert state["stream_emb.weight"].shape == (cfg.model.num_streams, cfg.model.hidden)
+    assert state["adaptor.continuous_audio.weight"].shape == (cfg.model.hidden, cfg.model.continuous_dim)
+    assert any(k.startswith(CODEC) for k in state) and any(k.startswith(TOWER) for k in state)
+    config = hf_dir[1].config.to_dict() | {"vocab_size": vocab.size}
+    model = Qwen3ForCausalLM(type(hf_dir[1].config).from_dict(config)).eval()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()
+                           if k.startswith(("model.", "lm_head."))}, strict=True)
+    a = tokens(cfg, seed=1)
+    with torch.no_grad():
+        theirs = model(torch.tensor([vocab.text_ids(a)])).logits[0].numpy()
+    ours = logits_of(root / "ckpt", cfg, a)
+    np.testing.assert_allclose(ours, theirs[:, vocab.text_offset:vocab.text_offset + vocab.text_size],
+                               atol=1e-4, rtol=0)
+
+
+def test_hf_text_only_loads_with_auto_model(setup, hf_dir, tmp_path):  # noqa: F811
+    root, cfg = setup
+    assert main(["to-torch", "--checkpoint", str(root / "ckpt"), "--out", str(tmp_path / "hf"),
+                 "--hf-text-only"]) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    a = tokens(cfg, seed=2)
+    np.testing.assert_allclose(hf_logits(model, a), hf_logits(hf_dir[1], a), atol=1e-4, rtol=0)
+
+
+def test_round_trip_is_bit_exact(setup, tmp_path):
+    """torch -> ours -> torch: every tensor identical (codec and encoder included); the
+    sharded output equals a single-file one; .pt input and bf16 output round-trip too."""
+    root, cfg = setup
+    original = all_tensors(root / "torch")
+    assert main(["from-torch", "--torch", str(root / "torch"), "--config", str(root / "cfg.yaml"), "--out",
+                 str(tmp_path / "ckpt")]) == 0
+    jax.tree.map(np.testing.assert_array_equal, load_params(tmp_path / "ckpt"), load_params(root / "ckpt"))
+    jax.tree.map(np.testing.assert_array_equal, load_params(tmp_path / "ckpt" / "codec"), load_params(root / "codec"))
+    main(["to-torch", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "one.safetensors")])
+    again = all_tensors(tmp_path / "one.safetensors")
+    assert sorted(again) == sorted(original)
+    for key, value in original.items():
+        assert again[key].dtype == value.dtype and np.array_equal(again[key], value), key
+
+    torch.save({k: torch.from_numpy(v) for k, v in original.items()}, tmp_path / "model.pt")
+    main(["from-torch", "--torch", str(tmp_path / "model.pt"), "--config", str(root / "cfg.yaml"), "--out",
+          str(tmp_path / "from_pt")])
+    jax.tree.map(np.testing.assert_array_equal, load_params(tmp_path / "from_pt"), load_params(root / "ckpt"))
+
+    main(["to-torch", "--checkpoint", str(root / "ckpt"), "--out", str(tmp_path / "bf16"), "--dtype", "bfloat16"])
+    main(["from-torch", "--torch", str(tmp_path / "bf16"), "--config", str(root / "cfg.yaml"), "--out",
+          str(tmp_path / "ckpt_bf16")])
+    main(["to-torch", "--checkpoint", str(tmp_path / "ckpt_bf16"), "--out", str(tmp_path / "bf16_again"),
+          "--dtype", "bfloat16"])
+    first, second = all_tensors(tmp_path / "bf16"), all_tensors(tmp_path / "bf16_again")
+    assert {v.dtype.name for v in first.values()} == {"bfloat16"}
+    for key, value in first.items():
+        assert np.array_equal(second[key].view(np.uint16), value.view(np.uint16)), key
+
+
+def _from_torch(state: dict, root, tmp_path, config="cfg.yaml"):
+    from safetensors.numpy import save_file
+    save_file(state, str(tmp_path / "bad.safetensors"))
+    return main(["from-torch", "--torch", str(tmp_path / "bad.safetensors"), "--config", str(root / config),
+                 "--out", str(tmp_path / "out")])
+
+
+def test_bad_torch_inputs_are_named(setup, tmp_path):
+    root, cfg = setup
+    state = all_tensors(root / "torch")
+    missing = {k: v for k, v in state.items() if k != "model.layers.1.mlp.up_proj.weight"}
+    with pytest.raises(SystemExit, match="'model.layers.1.mlp.up_proj.weight' missing"):
+        _from_torch(missing, root, tmp_path)
+    with pytest.raises(SystemExit, match=r"'stream_emb.weight' .* shape \(7, 64\)"):
+        _from_torch(state | {"stream_emb.weight": np.zeros((7, 64), np.float32)}, root, tmp_path)
+    with pytest.raises(SystemExit, match=r"no place .*'model.layers.2.mlp.up_proj.weight'"):
+        _from_torch(state | {"model.layers.2.mlp.up_proj.weight": np.zeros(3, np.float32)}, root, tmp_path)
+    bad_codec = {k: v for k, v in state.items() if k != CODEC + "fc.weight"}
+    with pytest.raises(SystemExit, match="'fc.weight' missing"):
+        _from_torch(bad_codec, root, tmp_path)
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(to_dict(tiny_config())))
+    with pytest.raises(SystemExit, match="set data.codec"):
+        _from_torch(state, root, tmp_path, config=tmp_path / "plain.yaml")
+    with pytest.raises(SystemExit, match="neither a model checkpoint"):
+        main(["to-torch", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x")])
+
+
+def test_writer_checks_the_plan(tmp_path):
+    specs = [TensorSpec("a", (2, 3), np.dtype(np.float32)), TensorSpec("b", (4,), np.dtype(np.float32))]
+    with pytest.raises(CheckpointError, match="'b' .* does not match the planned 'b' \\(4,\\)"):
+        write_safetensors(tmp_path, specs, iter([("a", np.zeros((2, 3), np.float32)), ("b", np.zeros(5, np.float32))]))
+    files = write_safetensors(tmp_path / "s", specs, iter([("a", np.ones((2, 3), np.float32)),
+                                                          ("b", np.arange(4, dtype=np.float32))]), max_shard_size=24)
+    assert [f.name for f in files] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                                       "model.safetensors.index.json"]
+    np.testing.assert_array_equal(load_file(str(files[1]))["b"], np.arange(4))
+
+
+def test_model_checkpoint_restores_onto_other_meshes(setup):
+    """Written with fsdp=8; read with data=2 x fsdp=4 and on one device: same values, new shardings."""
+    root, cfg = setup
+    reference = None
+    for overrides, devices in ((["mesh.data=2", "mesh.fsdp=4"], 8), ([], 1)):
+        c = tiny_config(*overrides)
+        mesh = make_mesh(c.mesh, jax.devices()[:devices])
+        _, state, shardings = load_model_params(root / "ckpt", c.model, mesh, c.mesh.rules)
+        embed = state["embed"].get_raw_value()
+        assert embed.sharding == shardings["embed"].get_raw_value() and embed.sharding.mesh.shape == mesh.shape
+        values = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
+        if reference is None:
+            reference = values
+        else:
+            jax.tree.map(np.testing.assert_array_equal, values, reference)
+    with pytest.raises(ConfigError, match="model.hidden=32 but .* has 64"):
+        c = tiny_config("model.hidden=32")
+        load_model_params(root / "ckpt", c.model, make_mesh(c.mesh), c.mesh.rules)
+
+
+def test_init_from_accepts_model_checkpoint_and_hf_dir(setup, hf_dir):  # noqa: F811
+    root, cfg = setup
+    mesh = make_mesh(cfg.mesh)
+    from_ckpt = load_init_params(root / "ckpt", cfg, mesh)
+    from_hf = load_init_params(hf_dir[0], cfg, mesh)
+    expected = load_hf_qwen3(hf_dir[0], cfg.model, mesh, cfg.mesh.rules, cfg.seed)[1]
+    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(from_hf), nnx.to_pure_dict(expected))
+    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(from_ckpt), nnx.to_pure_dict(expected))
+
+
+def test_run_directory_to_torch(setup, tmp_path):
+    """A run's checkpoint (train state with optimizer moments): latest step by default or
+    --step; only the params are read."""
+    root, cfg = setup
+    mesh = make_mesh(cfg.mesh)
+    _, params, _ = load_model_params(root / "ckpt", cfg.model, mesh, cfg.mesh.rules)
+    tx = optax.adamw(1e-3)
+    state = init_state(params, tx, train_state_shardings(abstract_state(params, tx), mesh, cfg.mesh.rules))
+    run = tmp_path / "run"
+    ckpts = RunCheckpoints(run, keep=3, async_save=False)
+    for step in (5, 7):
+        ckpts.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                         meta=ocp.args.JsonSave({"step": step})))
+    ckpts.close()
+    (run / "config_resolved.json").write_text(json.dumps(to_dict(cfg)))
+    source = ParamsSource(run)
+    assert source.step == 7 and ParamsSource(run, 5).step == 5
+    with pytest.raises(CheckpointError, match="no step 6; steps: \\[5, 7\\]"):
+        ParamsSource(run, 6)
+    main(["to-torch", "--checkpoint", str(run), "--step", "5", "--out", str(tmp_path / "t.safetensors")])
+    ours, reference = all_tensors(tmp_path / "t.safetensors"), all_tensors(root / "torch")
+    assert sorted(ours) == sorted(reference)
+    for key, value in reference.items():
+        assert np.array_equal(ours[key], value), key
+
+
+@pytest.mark.slow
+def test_training_starts_from_a_model_checkpoint(demo_root, tmp_path):
+    """train.init_from = a model checkpoint: with lr 0 the run's first checkpoint holds
+    exactly its params (read back through the run-directory export path)."""
+    from bagpiper_jax.convert.model_checkpoint import AudioModules, save_model_checkpoint
+    from bagpiper_jax.model.create import init_model
+    from bagpiper_jax.train.trainer import train
+    from helpers import demo_config
+    cfg = demo_config(demo_root, f"run_dir={tmp_path}/run", f"train.init_from={tmp_path}/init", "train.steps=1",
+                      "train.lr=0.0", "train.eval_every=1000")
+    _, params, _ = init_model(cfg.model, make_mesh(cfg.mesh), cfg.mesh.rules, seed=7)
+    save_model_checkpoint(tmp_path / "init", cfg, params, AudioModules(), source="test")
+    train(cfg, progress=False)
+    source = ParamsSource(tmp_path / "run")
+    assert source.step == 1
+    for path, value in nnx.to_flat_state(params):
+        np.testing.assert_array_equal(source.read(".".join(map(str, path))), np.asarray(value.get_raw_value()))

@@ -1,0 +1,144 @@
+"""The Grain pipeline: packing, exact resume (0 and 2 workers), per-process coverage."""
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+
+from bagpiper_jax.audio_encoder.config import output_lengths
+from bagpiper_jax.config import DataConfig
+from bagpiper_jax.data.pipeline import DataError, build_pipeline, packing_efficiency
+from bagpiper_jax.data.prepare import write_index, write_shard
+from bagpiper_jax.data.records import PreparedExample, PreparedMessage
+from bagpiper_jax.data.template import example_frames
+from bagpiper_jax.vocab import Vocab
+
+from helpers import tiny_config
+
+CFG = tiny_config()
+VOCAB = Vocab.from_config(CFG.model)
+MEL_BINS = 8
+
+
+def random_example(i: int, rng: np.random.Generator) -> PreparedExample:
+    """Example ``i``: its first text token is ``i`` (so packed rows reveal which examples they hold)."""
+    text = lambda n: np.concatenate([[i], rng.integers(0, VOCAB.text_size, n - 1)]).astype(np.int32)
+    kind = i % 4
+    if kind == 0:
+        messages = [PreparedMessage("assistant", "text", "text", text(int(rng.integers(5, 40))))]
+    elif kind == 1:
+        messages = [PreparedMessage("user", "text", "text", text(int(rng.integers(3, 15)))),
+                    PreparedMessage("assistant", "audio", "codes",
+                                    rng.integers(0, VOCAB.codebook_size, (int(rng.integers(10, 60)), 8)).astype(np.int16))]
+    elif kind == 2:
+        messages = [PreparedMessage("user", "audio", "mel", rng.normal(size=(int(rng.integers(50, 450)), MEL_BINS))
+                                    .astype(np.float32)),
+                    PreparedMessage("assistant", "text", "text", text(int(rng.integers(3, 20))))]
+    else:
+        messages = [PreparedMessage("user", "text", "text", text(4)),
+                    PreparedMessage("assistant", "text", "text", text(int(rng.integers(3, 10)))),
+                    PreparedMessage("assistant", "audio", "codes",
+                                    rng.integers(0, VOCAB.codebook_size, (int(rng.integers(5, 30)), 8)).astype(np.int16))]
+    ex = PreparedExample(f"ex{i}", "dialogue", 0, tuple(messages))
+    return dataclasses.replace(ex, frames=example_frames(ex, VOCAB, output_lengths))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    rng = np.random.default_rng(0)
+    examples = [random_example(i, rng) for i in range(90)]
+    long_text = PreparedMessage("assistant", "text", "text", np.full(300, 5, np.int32))
+    examples.append(dataclasses.replace(PreparedExample("long", "text_only", 301 + 3, (long_text,))))
+    for k in range(3):
+        write_shard(out, k, examples[k * 31:(k + 1) * 31], [])
+    write_index(CFG, out, 3)
+    return out, examples
+
+
+def pipeline(prepared_dir, **overrides):
+    fields = dict(prepared=str(prepared_dir), row_frames=256, batch_rows=4, max_pieces_per_row=4, piece_frames=200,
+                  packing_bins=8, cfg_drop=0.3, shuffle_seed=1)
+    process = {k: overrides.pop(k) for k in ("process_index", "process_count", "epochs") if k in overrides}
+    return build_pipeline(DataConfig(**{**fields, **overrides}), VOCAB, output_lengths, MEL_BINS, **process)
+
+
+def test_packed_rows_are_well_formed(prepared):
+    pipe = pipeline(prepared[0])
+    assert pipe.report == {"records": 91, "kept": 90, "skipped_overlong": 1, "truncated": 0}
+    batches = list(itertools.islice(iter(pipe), 6))
+    cfg_dropped = []
+    for b in batches:
+        assert b["ids"].shape == (4, 256, 8) and b["mel"].shape == (4, 4, 200, MEL_BINS)
+        for r in range(4):
+            seg, pos = b["segment_ids"][r], b["positions"][r]
+            np.testing.assert_array_equal(b["loss_mask"][r][seg == 0], 0)  # padding has weight 0
+            np.testing.assert_array_equal(b["ids"][r][seg == 0], 0)
+            for s in set(seg[seg > 0]):
+                frames = np.flatnonzero(seg == s)
+                assert frames[-1] - frames[0] + 1 == len(frames)  # contiguous
+                np.testing.assert_array_equal(pos[frames], np.arange(len(frames)))  # restart at 0
+                first = b["ids"][r, frames[0], 0]
+                if first == 0:  # CFG dropout: only one assistant audio message is left
+                    kept = b["ids"][r, frames, 0][b["ids"][r, frames, 0] != 0]
+                    assert list(kept[:2]) == [6, 8] and b["loss_mask"][r, frames[0]].sum() == 0
+                    cfg_dropped.append(1)
+                else:
+                    assert first == 1  # <|bos|>
+            for j in np.flatnonzero(b["mel_lengths"][r]):  # pieces land on placeholder frames of a segment
+                start = b["mel_start"][r, j]
+                n = output_lengths(int(b["mel_lengths"][r, j]))
+                assert seg[start] > 0 and seg[start + n - 1] == seg[start]
+                np.testing.assert_array_equal(b["ids"][r, start:start + n], 0)
+            assert np.all(b["mel_start"][r][b["mel_lengths"][r] == 0] == -1)
+    assert cfg_dropped  # cfg_drop=0.3 hit some examples
+    efficiency = np.mean([packing_efficiency(b) for b in batches])
+    print(f"packing efficiency {efficiency:.3f}")
+    assert efficiency > 0.7
+
+
+def test_overlong_text_only_can_be_truncated(prepared):
+    pipe = pipeline(prepared[0], overlong="truncate")
+    assert pipe.report["truncated"] == 1 and pipe.report["kept"] == 91
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_yields_identical_batches(prepared, workers):
+    it = iter(pipeline(prepared[0], workers=workers))
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(3)]
+    resumed = iter(pipeline(prepared[0], workers=workers))
+    resumed.set_state(state)
+    for want in expected:
+        got = next(resumed)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def segments_first_tokens(batches):
+    """Example index of every packed segment (its first text token)."""
+    found = []
+    for b in batches:
+        for r in range(len(b["ids"])):
+            seg = b["segment_ids"][r]
+            for s in sorted(set(seg[seg > 0])):
+                frames = np.flatnonzero(seg == s)
+                ids = b["ids"][r, frames, 0]
+                text = ids[(ids >= VOCAB.text_offset) & (ids < VOCAB.audio_offset)]
+                found.append(int(text[0] - VOCAB.text_offset))
+    return found
+
+
+def test_two_processes_cover_the_epoch_exactly_once(prepared):
+    seen = []
+    for p in range(2):
+        pipe = pipeline(prepared[0], process_index=p, process_count=2, epochs=1, cfg_drop=0.0, batch_rows=4)
+        seen += segments_first_tokens(list(iter(pipe)))
+    assert sorted(seen) == list(range(90))
+
+
+def test_missing_index_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="index.json not found: run bagpiper-prepare"):
+        pipeline(tmp_path)
