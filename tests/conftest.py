@@ -3,6 +3,9 @@ import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Compiled programs are reused across tests and the test's own subprocesses (bagpiper-train).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/bagpiper-jax-test-cache")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 
