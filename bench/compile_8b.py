@@ -35,13 +35,14 @@ from bagpiper_jax.model.create import abstract_model  # noqa: E402
 from bagpiper_jax.model.flops import param_count, train_flops_per_frame  # noqa: E402
 from bagpiper_jax.model.step import batch_shardings, jit_loss_and_grad  # noqa: E402
 from bagpiper_jax.sharding import make_mesh, state_shardings  # noqa: E402
+from bagpiper_jax.train.state import with_shardings  # noqa: E402
 
 cfg = load_config(args.config, ["mesh.fsdp=-1", *args.overrides])
 mesh = make_mesh(cfg.mesh)
 rules = cfg.mesh.rules
 graphdef, abstract = abstract_model(cfg.model, rules)
 shardings = state_shardings(abstract, mesh, rules)
-params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+params = with_shardings(abstract, shardings)
 rows, m = args.rows_per_device * args.devices, cfg.model
 spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
 batch = Batch(ids=spec((rows, args.seq, m.num_streams), jnp.int32), segment_ids=spec((rows, args.seq), jnp.int32),

@@ -12,6 +12,7 @@ import sys
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "bagpiper_jax.audio_encoder.hf_import",
     "bagpiper_jax.codec.hf_import",
+    "bagpiper_jax.convert.commands",
 )
 
 

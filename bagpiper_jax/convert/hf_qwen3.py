@@ -8,6 +8,9 @@ The vocabulary is extended as in DESIGN §2.2: embedding and lm_head rows
 drawn per row from a seeded generator so the result does not depend on the mesh.
 Parameters with no Qwen3 counterpart (stream embeddings, adaptor) keep their random
 initialisation (stream embeddings start at zero).
+
+The layout tables (:class:`Layout`, ``LAYER_PARAMS``, :func:`backbone_entries`) work both
+ways and are shared with the reference PyTorch layout (``torch_layout``).
 """
 from __future__ import annotations
 
@@ -22,31 +25,102 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from bagpiper_jax.config import ConfigError, ModelConfig
-from bagpiper_jax.convert.tensor_reader import CheckpointError, TensorReader, widen
+from bagpiper_jax.convert.tensor_reader import CheckpointError, TensorReader
 from bagpiper_jax.model.bagpiper import Bagpiper
 from bagpiper_jax.model.create import abstract_model
 from bagpiper_jax.sharding import Rules, state_shardings
 from bagpiper_jax.vocab import Vocab
 
-# Our parameter path (within the stacked decoder blocks) -> (HF key suffix, view in our layout).
-# Views only reshape/transpose the memory map, so slicing them reads just the needed bytes.
-LAYER_PARAMS: dict[str, tuple[str, Callable]] = {
-    "attn_norm.scale": ("input_layernorm.weight", lambda w, c: w),
-    "mlp_norm.scale": ("post_attention_layernorm.weight", lambda w, c: w),
-    "attn.q_proj": ("self_attn.q_proj.weight",
-                    lambda w, c: w.reshape(c.heads, c.head_dim, c.hidden).transpose(2, 0, 1)),
-    "attn.k_proj": ("self_attn.k_proj.weight",
-                    lambda w, c: w.reshape(c.kv_heads, c.head_dim, c.hidden).transpose(2, 0, 1)),
-    "attn.v_proj": ("self_attn.v_proj.weight",
-                    lambda w, c: w.reshape(c.kv_heads, c.head_dim, c.hidden).transpose(2, 0, 1)),
-    "attn.o_proj": ("self_attn.o_proj.weight",
-                    lambda w, c: w.reshape(c.hidden, c.heads, c.head_dim).transpose(1, 2, 0)),
-    "attn.q_norm.scale": ("self_attn.q_norm.weight", lambda w, c: w),
-    "attn.k_norm.scale": ("self_attn.k_norm.weight", lambda w, c: w),
-    "mlp.gate": ("mlp.gate_proj.weight", lambda w, c: w.T),
-    "mlp.up": ("mlp.up_proj.weight", lambda w, c: w.T),
-    "mlp.down": ("mlp.down_proj.weight", lambda w, c: w.T),
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How one of our params relates to its PyTorch tensor ``key``, both ways.
+
+    ``ours = torch.reshape(split).transpose(perm)``, where ``split`` is our shape in the
+    torch axis order; the torch shape merges consecutive ``groups`` of ``split``'s axes
+    (e.g. ``q_proj.weight [heads*head_dim, hidden]`` -> ours ``[hidden, heads, head_dim]``:
+    perm (2, 0, 1), groups (2, 1)). Both directions only reshape/transpose, so they are
+    views of memory maps (reading a slice reads just its bytes) and bit-exact.
+    """
+
+    key: str
+    perm: tuple[int, ...] | None = None  # None: same axis order
+    groups: tuple[int, ...] | None = None  # None: one torch axis per split axis
+
+    def split_shape(self, ours: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(ours) if self.perm is None else tuple(ours[i] for i in np.argsort(self.perm))
+
+    def torch_shape(self, ours: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the torch tensor holding our param of shape ``ours``."""
+        split = self.split_shape(ours)
+        groups = self.groups or (1,) * len(split)
+        bounds = np.cumsum((0,) + groups)
+        return tuple(int(np.prod(split[a:b])) for a, b in zip(bounds[:-1], bounds[1:]))
+
+    def to_ours(self, tensor: np.ndarray, ours: tuple[int, ...], key: str, source: object) -> np.ndarray:
+        """View of ``tensor`` (stored under ``key`` in ``source``) in our layout of shape ``ours``;
+        ``CheckpointError`` naming the key when its shape does not fit."""
+        expected = self.torch_shape(ours)
+        if tuple(tensor.shape) != expected:
+            raise CheckpointError(f"tensor {key!r} in {source} has shape {tuple(tensor.shape)}, which does not fit "
+                                  f"the configured layout: expected {expected}")
+        split = tensor.reshape(self.split_shape(ours))
+        return split if self.perm is None else split.transpose(self.perm)
+
+    def to_torch(self, array: np.ndarray) -> np.ndarray:
+        """Our param (shape ``ours``) in the torch layout."""
+        split = array if self.perm is None else array.transpose(np.argsort(self.perm))
+        return split.reshape(self.torch_shape(array.shape))
+
+
+# Our parameter path within the stacked decoder blocks -> layout of one layer's HF tensor;
+# the HF key is ``model.layers.{i}.`` + ``Layout.key``.
+LAYER_PARAMS: dict[str, Layout] = {
+    "attn_norm.scale": Layout("input_layernorm.weight"),
+    "mlp_norm.scale": Layout("post_attention_layernorm.weight"),
+    "attn.q_proj": Layout("self_attn.q_proj.weight", (2, 0, 1), (2, 1)),
+    "attn.k_proj": Layout("self_attn.k_proj.weight", (2, 0, 1), (2, 1)),
+    "attn.v_proj": Layout("self_attn.v_proj.weight", (2, 0, 1), (2, 1)),
+    "attn.o_proj": Layout("self_attn.o_proj.weight", (1, 2, 0), (1, 2)),
+    "attn.q_norm.scale": Layout("self_attn.q_norm.weight"),
+    "attn.k_norm.scale": Layout("self_attn.k_norm.weight"),
+    "mlp.gate": Layout("mlp.gate_proj.weight", (1, 0)),
+    "mlp.up": Layout("mlp.up_proj.weight", (1, 0)),
+    "mlp.down": Layout("mlp.down_proj.weight", (1, 0)),
 }
+FINAL_NORM = Layout("model.norm.weight")
+
+
+def layer_key(i: int, layout: Layout) -> str:
+    return f"model.layers.{i}.{layout.key}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One PyTorch tensor ``key`` <-> one of our params (``path``, dotted) or one layer of it."""
+
+    key: str
+    path: str
+    layout: Layout
+    layer: int | None = None  # index on the leading layers axis of a stacked param
+    rows: slice | None = None  # torch rows kept (the text rows of a plain HF export)
+
+    def torch_shape(self, leaf_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the torch tensor, given our param's (whole, stacked) shape."""
+        shape = self.layout.torch_shape(leaf_shape[1:] if self.layer is not None else leaf_shape)
+        return shape if self.rows is None else (len(range(shape[0])[self.rows]),) + shape[1:]
+
+    def to_torch(self, leaf: np.ndarray) -> np.ndarray:
+        """The torch tensor (a view where possible) from our whole param ``leaf``."""
+        tensor = self.layout.to_torch(leaf if self.layer is None else leaf[self.layer])
+        return tensor if self.rows is None else tensor[self.rows]
+
+
+def backbone_entries(cfg: ModelConfig) -> list[Entry]:
+    """The decoder layers (layer by layer, param by param) and the final norm, HF-named."""
+    entries = [Entry(layer_key(i, layout), "decoder.blocks." + path, layout, i)
+               for path, layout in LAYER_PARAMS.items() for i in range(cfg.layers)]
+    return entries + [Entry(FINAL_NORM.key, "final_norm.scale", FINAL_NORM)]
 
 
 def read_hf_config(hf_dir: str | Path) -> dict:
@@ -110,10 +184,12 @@ def _extended_rows(vocab: Vocab, hf_rows: np.ndarray, std: float, seed: int, tab
     return out.T if transpose else out
 
 
-def load_hf_qwen3(hf_dir: str | Path, cfg: ModelConfig, mesh: Mesh, rules: Rules, seed: int = 0):
+def load_hf_qwen3(hf_dir: str | Path, cfg: ModelConfig, mesh: Mesh, rules: Rules, seed: int = 0,
+                  progress: Callable[[int], None] = lambda n: None):
     """Bagpiper params from an HF Qwen3 directory, sharded on ``mesh``.
 
-    Returns ``(graphdef, state, shardings)`` like :func:`bagpiper_jax.model.init_model`.
+    Returns ``(graphdef, state, shardings)`` like :func:`bagpiper_jax.model.init_model`;
+    ``progress`` is called with the number of HF tensors read as they are read.
     """
     hf = read_hf_config(hf_dir)
     check_config_matches(cfg, hf, hf_dir)
@@ -121,43 +197,82 @@ def load_hf_qwen3(hf_dir: str | Path, cfg: ModelConfig, mesh: Mesh, rules: Rules
     vocab = Vocab.from_config(cfg)
     graphdef, abstract = abstract_model(cfg, rules)
     shardings = state_shardings(abstract, mesh, rules)
-    dtype = np.dtype(cfg.param_dtype)
-
-    def build(shape, sharding, read):
-        return jax.make_array_from_callback(shape, sharding, lambda idx: np.asarray(read(idx), dtype))
-
-    def stacked(path, suffix, view):
-        shape = (cfg.layers,) + tuple(_abstract_at(abstract, path).shape[1:])
-        keys = [f"model.layers.{i}.{suffix}" for i in range(cfg.layers)]
-        for k in keys:  # fail early, naming the key
-            _layout_view(reader, k, view, cfg, shape[1:])
-
-        def read(idx):
-            return np.stack([widen(_layout_view(reader, keys[i], view, cfg, shape[1:])[idx[1:]])
-                             for i in range(cfg.layers)[idx[0]]])
-        return build(shape, _sharding_at(shardings, path), read)
-
-    params = {}
-    for path, (suffix, view) in LAYER_PARAMS.items():
-        params["decoder.blocks." + path] = stacked("decoder.blocks." + path, suffix, view)
-    params["final_norm.scale"] = build((cfg.hidden,), _sharding_at(shardings, "final_norm.scale"),
-                                       lambda idx: reader.get("model.norm.weight", (cfg.hidden,))[idx])
+    params = read_entries(reader, backbone_entries(cfg), abstract, shardings, progress)
     embed = reader.view("model.embed_tokens.weight", (cfg.text_vocab_size, cfg.hidden))
     head_key = "lm_head.weight" if "lm_head.weight" in reader else None
     if head_key is None and not hf.get("tie_word_embeddings", False):
         raise CheckpointError(f"tensor 'lm_head.weight' missing from {hf_dir} (embeddings are not tied)")
     head = reader.view(head_key, embed.shape) if head_key else embed
-    params["embed"] = build((vocab.size, cfg.hidden), _sharding_at(shardings, "embed"),
-                            lambda idx: _extended_rows(vocab, embed, cfg.init_std, seed, 0, idx, False))
-    params["lm_head"] = build((cfg.hidden, vocab.size), _sharding_at(shardings, "lm_head"),
-                              lambda idx: _extended_rows(vocab, head, cfg.init_std, seed, 1, idx, True))
-    state = _fill_state(cfg, rules, mesh, shardings, params, seed)
+    params["embed"] = sharded_array(
+        abstract_at(abstract, "embed"), abstract_at(shardings, "embed"),
+        lambda idx: _extended_rows(vocab, embed, cfg.init_std, seed, 0, idx, False))
+    params["lm_head"] = sharded_array(
+        abstract_at(abstract, "lm_head"), abstract_at(shardings, "lm_head"),
+        lambda idx: _extended_rows(vocab, head, cfg.init_std, seed, 1, idx, True))
+    progress(2)
+    state = fill_state(cfg, rules, mesh, shardings, params, seed)
     return graphdef, state, shardings
 
 
-def _fill_state(cfg, rules, mesh, shardings, loaded: dict[str, jax.Array], seed: int) -> nnx.State:
-    """The model state with ``loaded`` params and the rest randomly initialised (only the
-    rest is computed: XLA drops the unused random draws)."""
+def sharded_array(abstract: jax.ShapeDtypeStruct, sharding, read: Callable[[tuple], np.ndarray]) -> jax.Array:
+    """A global array of ``abstract``'s shape and dtype whose device shards each come from
+    ``read(index)`` (only that slice is read: one shard of one tensor in host memory at a time).
+    ``read`` returns a fresh array (never a view of a memory map, which jax might alias)."""
+    dtype = np.dtype(abstract.dtype)
+    return jax.make_array_from_callback(abstract.shape, sharding, lambda idx: np.asarray(read(idx), dtype))
+
+
+def stacked_array(abstract: jax.ShapeDtypeStruct, sharding, views: list[np.ndarray]) -> jax.Array:
+    """``[layers, ...]`` array from one (lazy) per-layer view each, read shard by shard."""
+    return sharded_array(abstract, sharding,
+                         lambda idx: np.stack([views[i][idx[1:]] for i in range(len(views))[idx[0]]]))
+
+
+def read_entries(reader: TensorReader, entries: list[Entry], abstract: nnx.State, shardings: nnx.State,
+                 progress: Callable[[int], None] = lambda n: None) -> dict[str, jax.Array]:
+    """Our params named by ``entries`` (dotted path -> sharded array) from the tensors of
+    ``reader``; every tensor is checked (an error naming its key) before any is read.
+    ``progress`` is called with the number of tensors of each param read."""
+    groups: dict[str, list[Entry]] = {}
+    for e in entries:
+        groups.setdefault(e.path, []).append(e)
+
+    def views(path: str) -> list[np.ndarray]:
+        shape = abstract_at(abstract, path).shape
+        ours = shape[1:] if groups[path][0].layer is not None else shape
+        return [e.layout.to_ours(reader.view(e.key), ours, e.key, reader.path) for e in groups[path]]
+
+    for path in groups:
+        views(path)  # checks shapes; maps nothing for long
+    params = {}
+    for path, group in groups.items():  # one param's memory maps at a time
+        spec, sharding = abstract_at(abstract, path), abstract_at(shardings, path)
+        if group[0].layer is not None:
+            params[path] = stacked_array(spec, sharding, views(path))
+        else:
+            params[path] = sharded_array(spec, sharding, lambda idx, view=views(path)[0]: np.array(view[idx]))
+        progress(len(group))
+    return params
+
+
+def hf_config_dict(cfg: ModelConfig, dtype: str = "float32") -> dict:
+    """An HF ``config.json`` (Qwen3ForCausalLM) for the backbone of ``cfg`` with the text
+    vocabulary only; the inverse of :func:`model_config_from_hf`."""
+    return {
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+        "vocab_size": cfg.text_vocab_size, "hidden_size": cfg.hidden, "num_hidden_layers": cfg.layers,
+        "num_attention_heads": cfg.heads, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
+        "intermediate_size": cfg.mlp, "hidden_act": "silu", "rms_norm_eps": cfg.rms_eps,
+        "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "max_position_embeddings": cfg.max_frames, "attention_bias": False, "attention_dropout": 0.0,
+        "tie_word_embeddings": False, "use_cache": True, "dtype": dtype,
+    }
+
+
+def fill_state(cfg: ModelConfig, rules: Rules, mesh: Mesh, shardings: nnx.State,
+               loaded: dict[str, jax.Array], seed: int = 0) -> nnx.State:
+    """The model state with ``loaded`` params (dotted path -> array) and the rest randomly
+    initialised (only the rest is computed: XLA drops the unused random draws)."""
     flat_shardings = dict(nnx.to_flat_state(shardings))
     rest = [p for p in flat_shardings if ".".join(map(str, p)) not in loaded]
 
@@ -165,8 +280,10 @@ def _fill_state(cfg, rules, mesh, shardings, loaded: dict[str, jax.Array], seed:
         flat = dict(nnx.to_flat_state(nnx.state(Bagpiper(cfg, rules, rngs=nnx.Rngs(seed)))))
         return [flat[p][...] for p in rest]
 
-    with jax.set_mesh(mesh):
-        values = jax.jit(create_rest, out_shardings=[flat_shardings[p].get_raw_value() for p in rest])()
+    values = []
+    if rest:
+        with jax.set_mesh(mesh):
+            values = jax.jit(create_rest, out_shardings=[flat_shardings[p].get_raw_value() for p in rest])()
     state = nnx.state(nnx.eval_shape(lambda: Bagpiper(cfg, rules, rngs=nnx.Rngs(seed))))
     for path, var in nnx.to_flat_state(state):
         key = ".".join(map(str, path))
@@ -174,26 +291,9 @@ def _fill_state(cfg, rules, mesh, shardings, loaded: dict[str, jax.Array], seed:
     return state
 
 
-def _layout_view(reader: TensorReader, key: str, view: Callable, cfg: ModelConfig,
-                 shape: tuple[int, ...]) -> np.ndarray:
-    """Tensor ``key`` viewed in our layout; a clear error when its shape does not fit."""
-    raw = reader.view(key)
-    try:
-        array = view(raw, cfg)
-    except ValueError:
-        array = None
-    if array is None or tuple(array.shape) != tuple(shape):
-        raise CheckpointError(f"tensor {key!r} in {reader.path} has shape {tuple(raw.shape)}, which does "
-                              f"not fit the configured layout {tuple(shape)}")
-    return array
-
-
-def _abstract_at(state: nnx.State, dotted: str):
+def abstract_at(state: nnx.State, dotted: str):
+    """The leaf at a dotted param path of an NNX state (a shape, sharding or array)."""
     node = state
     for part in dotted.split("."):
         node = node[part]
     return node.get_raw_value()
-
-
-def _sharding_at(shardings: nnx.State, dotted: str):
-    return _abstract_at(shardings, dotted)

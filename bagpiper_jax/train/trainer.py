@@ -2,8 +2,9 @@
 
 Start-up: mesh from the config; the latest checkpoint of ``run_dir`` if there is one
 (train state onto the current mesh, data-iterator state, frames seen), else params from
-``train.init_from`` (an HF Qwen3 directory) or random; the train step compiled ahead of
-time with its ``memory_analysis()`` logged. Then per step: next packed batch -> global
+``train.init_from`` (an HF Qwen3 directory or a model checkpoint from
+``bagpiper-convert``) or random; the train step compiled ahead of time with its
+``memory_analysis()`` logged. Then per step: next packed batch -> global
 arrays -> jitted step. Every ``log_every`` steps: loss, per-stream loss/accuracy, lr,
 grad norm, frames/s, MFU, step time to the progress bar, ``metrics.jsonl`` and
 TensorBoard; every ``eval_every`` steps an eval pass; every ``checkpoint_every`` steps an
