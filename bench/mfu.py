@@ -13,7 +13,6 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from bagpiper_jax.config import load_config

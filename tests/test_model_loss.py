@@ -1,6 +1,5 @@
 """The model's loss and embedding against plain, unchunked references of DESIGN §2.3/§2.4."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

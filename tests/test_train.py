@@ -4,7 +4,6 @@ import shutil
 
 import jax
 import numpy as np
-import pytest
 from flax import nnx
 
 from bagpiper_jax.model.create import abstract_model, init_model

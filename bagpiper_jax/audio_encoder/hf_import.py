@@ -148,9 +148,9 @@ def open_hf_tower(hf_dir: str | Path) -> tuple[AudioEncoderConfig, TensorReader]
     return config, TensorReader(hf_dir, strip_prefixes=HF_PREFIXES, only_prefixes=HF_PREFIXES)
 
 
-def import_hf(hf_dir: str | Path) -> tuple[AudioEncoderConfig, dict]:
-    """(config, params as a nested dict of float32 numpy arrays) from an HF directory."""
-    config, reader = open_hf_tower(hf_dir)
+def params_from_reader(config: AudioEncoderConfig, reader: TensorReader, key_prefix: str = "") -> dict:
+    """Tower params (nested dict, float32) from every tensor of ``reader``; a tensor the
+    config has no place for is an error naming it (``key_prefix`` + its name)."""
     used: set[str] = set()
 
     def get(name: str) -> np.ndarray:
@@ -160,9 +160,15 @@ def import_hf(hf_dir: str | Path) -> tuple[AudioEncoderConfig, dict]:
     params = from_hf_tensors(config, get)
     unused = sorted(set(reader.keys()) - used)
     if unused:
-        raise CheckpointError(f"{hf_dir} holds audio tower tensors the config does not use "
-                              f"(encoder_layers={config.encoder_layers}?): {unused[:5]}")
-    return config, params
+        raise CheckpointError(f"{reader.path} holds audio tower tensors the config does not use "
+                              f"(encoder_layers={config.encoder_layers}?): {[key_prefix + k for k in unused[:5]]}")
+    return params
+
+
+def import_hf(hf_dir: str | Path) -> tuple[AudioEncoderConfig, dict]:
+    """(config, params as a nested dict of float32 numpy arrays) from an HF directory."""
+    config, reader = open_hf_tower(hf_dir)
+    return config, params_from_reader(config, reader)
 
 
 def export_hf(config: AudioEncoderConfig, params: dict, out_dir: str | Path, dtype=np.float32) -> Path:

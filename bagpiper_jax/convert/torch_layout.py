@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
-from bagpiper_jax.audio_encoder.hf_import import from_hf_tensors, iter_hf_tensors
+from bagpiper_jax.audio_encoder.hf_import import iter_hf_tensors, params_from_reader
 from bagpiper_jax.codec.config import XCodecConfig
 from bagpiper_jax.codec.hf_import import PREFIX as CODEC_PREFIX
 from bagpiper_jax.codec.hf_import import export_hf_state, params_from_hf_state
@@ -131,18 +131,7 @@ def read_codec(path, config: XCodecConfig) -> dict[str, np.ndarray]:
 def read_encoder(path, config: AudioEncoderConfig) -> dict:
     """Audio tower params (nested dict, float32) from the ``...audio_tower.*`` tensors under ``path``."""
     reader = TensorReader(path, strip_prefixes=(ENCODER_PREFIX,), only_prefixes=(ENCODER_PREFIX,))
-    used: set[str] = set()
-
-    def get(name: str) -> np.ndarray:
-        used.add(name)
-        return reader.get(name)
-
-    params = from_hf_tensors(config, get)
-    unused = sorted(set(reader.keys()) - used)
-    if unused:
-        raise CheckpointError(f"{path} holds audio tower tensors the encoder config does not use: "
-                              f"{[ENCODER_PREFIX + k for k in unused[:5]]}")
-    return params
+    return params_from_reader(config, reader, ENCODER_PREFIX)
 
 
 class _LazyTensors(Mapping):
