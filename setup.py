@@ -32,6 +32,9 @@ setup(
         # and conversion.
         "test": ["torch==2.13.0", "transformers==5.24.0", "pytest>=8"],
         "convert": ["torch==2.13.0", "transformers==5.24.0"],
+        # libtpu: TPU hosts, and AOT compiles for a TPU topology on any host (bench/compile_tpu.py,
+        # the slow tests/test_tpu_aot.py). Set JAX_PLATFORMS=cpu on a host without TPUs.
+        "tpu": ["jax[tpu]==0.10.2"],
     },
     entry_points={
         "console_scripts": [
@@ -40,6 +43,7 @@ setup(
             "bagpiper-codec=bagpiper_jax.cli.codec:main",
             "bagpiper-convert=bagpiper_jax.cli.convert:main",
             "bagpiper-audio-features=bagpiper_jax.cli.audio_features:main",
+            "bagpiper-generate=bagpiper_jax.cli.generate:main",
         ],
     },
 )

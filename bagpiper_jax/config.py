@@ -45,8 +45,17 @@ class ModelConfig:
     # Numerics and memory.
     dtype: str = "bfloat16"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # master weights
-    remat: str = "dots"  # none | dots | full
-    attention: str = "xla"  # xla | cudnn | splash
+    remat: str = "dots"  # none | dots | dots_attention | qkv_attention | full (model/decoder.py)
+    attention: str = "xla"  # xla | cudnn | pallas_gpu | splash (see model.attention_kernels)
+    # Pallas attention tiles (frames). splash (TPU): multiples of 128, also used by the
+    # backward kernels; pallas_gpu: forward tiles, then one tile size for the backward pass.
+    splash_block_q: int = 512
+    splash_block_kv: int = 512
+    splash_block_kv_compute: int = 512
+    splash_fused_bwd: bool = False  # one fused dq/dkv backward kernel instead of two
+    gpu_block_q: int = 128
+    gpu_block_kv: int = 128
+    gpu_block_bwd: int = 32
     loss_chunk: int = 1024  # frames per stream-0 cross-entropy chunk
     init_std: float = 0.02
     # Frozen continuous audio encoder (bagpiper-convert hf-audio-encoder output); "" = none.
@@ -54,16 +63,23 @@ class ModelConfig:
     encoder_dtype: str = "bfloat16"
 
     def __post_init__(self):
-        _check_choice("model.remat", self.remat, ("none", "dots", "full"))
-        _check_choice("model.attention", self.attention, ("xla", "cudnn", "splash"))
+        _check_choice("model.remat", self.remat, ("none", "dots", "dots_attention", "qkv_attention", "full"))
+        _check_choice("model.attention", self.attention, ("xla", "cudnn", "pallas_gpu", "splash"))
         _check_choice("model.dtype", self.dtype, ("float32", "bfloat16"))
         _check_choice("model.param_dtype", self.param_dtype, ("float32", "bfloat16"))
         _check_choice("model.encoder_dtype", self.encoder_dtype, ("float32", "bfloat16"))
         for name in ("text_vocab_size", "num_streams", "codebook_size", "hidden", "layers",
                      "heads", "kv_heads", "head_dim", "mlp", "max_frames", "continuous_dim",
-                     "loss_chunk"):
+                     "loss_chunk", "splash_block_q", "splash_block_kv", "splash_block_kv_compute",
+                     "gpu_block_q", "gpu_block_kv", "gpu_block_bwd"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        for name in ("splash_block_q", "splash_block_kv", "splash_block_kv_compute"):
+            if getattr(self, name) % 128:
+                raise ConfigError(f"model.{name} must be a multiple of 128 (TPU lanes), got {getattr(self, name)}")
+        if self.splash_block_kv % self.splash_block_kv_compute:
+            raise ConfigError(f"model.splash_block_kv ({self.splash_block_kv}) must be a multiple of "
+                              f"model.splash_block_kv_compute ({self.splash_block_kv_compute})")
         if self.num_special < 12:
             raise ConfigError(f"model.num_special must be >= 12 (named specials), got {self.num_special}")
         if self.heads % self.kv_heads:
@@ -148,7 +164,8 @@ class DataConfig:
     row_frames: int = 8192  # frames per packed row
     batch_rows: int = 8  # packed rows per global batch
     input_shards: int = 0  # logical input pipelines (0 = one per process); fixes the data order
-    max_pieces_per_row: int = 16  # continuous-audio pieces (<= piece_frames mel frames each) per row
+    max_pieces_per_row: int = 64  # continuous-audio pieces (<= piece_frames mel frames each) per row
+    mel_frames_per_row: int = 32768  # log-mel frames per row (pieces back to back, unpadded; >= longest clip)
     piece_frames: int = 800  # mel frames per encoder attention window (n_window_infer)
     loss_region: str = "assistant"  # assistant | all
     cfg_drop: float = 0.05  # classifier-free-guidance dropout probability (training only)
@@ -156,6 +173,7 @@ class DataConfig:
     packing_bins: int = 64
     shuffle_seed: int = 0
     workers: int = 0  # Grain worker processes (0 = in the main process)
+    read_threads: int = 0  # reader threads per process (0 = inline: best for local shards; raise for remote)
     prefetch_buffer: int = 2
     examples_per_shard: int = 512  # bagpiper-prepare
     max_audio_seconds: float = 300.0
@@ -165,10 +183,12 @@ class DataConfig:
         _check_choice("data.overlong", self.overlong, ("skip", "truncate"))
         if not 0.0 <= self.cfg_drop <= 1.0:
             raise ConfigError(f"data.cfg_drop must lie in [0, 1], got {self.cfg_drop}")
+        if self.read_threads < 0:
+            raise ConfigError(f"data.read_threads must be >= 0, got {self.read_threads}")
         if self.input_shards < 0:
             raise ConfigError(f"data.input_shards must be >= 0, got {self.input_shards}")
-        for name in ("row_frames", "batch_rows", "max_pieces_per_row", "piece_frames", "packing_bins",
-                     "examples_per_shard"):
+        for name in ("row_frames", "batch_rows", "max_pieces_per_row", "mel_frames_per_row", "piece_frames",
+                     "packing_bins", "examples_per_shard"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"data.{name} must be positive, got {getattr(self, name)}")
 
@@ -190,6 +210,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per step (data.batch_rows must divide)
     init_from: str = ""  # HF Qwen3 directory used when the run has no checkpoint
     checkpoint_every: int = 1000
+    checkpoint_dir: str = ""  # "" = <run_dir>/checkpoints; may be a gs:// URL (Orbax writes it directly)
     keep_checkpoints: int = 3
     log_every: int = 10
     eval_every: int = 1000
@@ -206,13 +227,48 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    """Decoding defaults (DESIGN §9); ``bagpiper-generate`` flags override them.
+
+    Frame counts of a segment exclude its role, modality and END frames; an audio
+    segment of ``n`` codec frames occupies ``n + num_streams - 1`` (delay-interleaved).
+    """
+
+    text_temperature: float = 0.0  # 0 = greedy
+    text_top_k: int = 0  # 0 = no top-k cut
+    audio_temperature: float = 0.8
+    audio_top_k: int = 20
+    audio_cfg_scale: float = 3.0  # logits = s * cond - (s - 1) * uncond; 1 = no guidance
+    min_text_frames: int = 1  # end tokens forbidden before this many text tokens
+    max_text_frames: int = 256
+    min_audio_frames: int = 25  # codec frames before the audio may end (0.5 s)
+    max_audio_frames: int = 1024
+    max_segments: int = 4  # assistant segments per answer (caption, answer/audio, ...)
+    max_new_frames: int = 1536  # KV-cache room after the prompt; rows that fill it are truncated
+    samples: int = 1  # samples per prompt
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("text_temperature", "audio_temperature", "text_top_k", "audio_top_k", "min_text_frames",
+                     "min_audio_frames"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"generate.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_text_frames", "max_audio_frames", "max_segments", "max_new_frames", "samples"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"generate.{name} must be positive, got {getattr(self, name)}")
+        if self.audio_cfg_scale < 1.0:
+            raise ConfigError(f"generate.audio_cfg_scale must be >= 1, got {self.audio_cfg_scale}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
-    """A whole run. The generation section is added beside these later."""
+    """A whole run."""
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    generate: GenerateConfig = dataclasses.field(default_factory=GenerateConfig)
     run_dir: str = "runs/default"
     seed: int = 0
 
@@ -325,5 +381,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    data = apply_overrides(data, list(overrides))
+    return config_from_dict(apply_overrides(data, list(overrides)))
+
+
+def config_from_dict(data: dict) -> Config:
+    """A :class:`Config` from nested plain data (e.g. :func:`to_dict` output), strictly checked."""
     return _convert("", data, Config)

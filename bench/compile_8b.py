@@ -35,6 +35,7 @@ from bagpiper_jax.model.create import abstract_model  # noqa: E402
 from bagpiper_jax.model.flops import param_count, train_flops_per_frame  # noqa: E402
 from bagpiper_jax.model.step import batch_shardings, jit_loss_and_grad  # noqa: E402
 from bagpiper_jax.sharding import make_mesh, state_shardings  # noqa: E402
+from bagpiper_jax.train.aot import device_memory_gib  # noqa: E402
 from bagpiper_jax.train.state import with_shardings  # noqa: E402
 
 cfg = load_config(args.config, ["mesh.fsdp=-1", *args.overrides])
@@ -55,10 +56,7 @@ t0 = time.perf_counter()
 with jax.set_mesh(mesh):
     compiled = step.lower(params, batch).compile()
 compile_s = time.perf_counter() - t0
-mem = compiled.memory_analysis()
-fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
-          "generated_code_size_in_bytes")
-memory = {f.replace("_in_bytes", "_gib"): round(getattr(mem, f) / 2**30, 3) for f in fields if hasattr(mem, f)}
+memory = device_memory_gib(compiled)
 print(json.dumps({
     "what": "compile_8b_loss_and_grad", "devices": args.devices, "mesh": dict(mesh.shape),
     "seq": args.seq, "global_rows": rows, "remat": m.remat, "dtype": m.dtype,

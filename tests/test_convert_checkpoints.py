@@ -1,4 +1,5 @@
 """bagpiper-convert hf-qwen3 / to-torch / from-torch, model checkpoints, resharding, init_from."""
+import dataclasses
 import json
 
 import jax
@@ -15,6 +16,8 @@ from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
 from bagpiper_jax.cli.convert import main
 from bagpiper_jax.config import ConfigError, to_dict
 from bagpiper_jax.convert.hf_qwen3 import load_hf_qwen3
+from bagpiper_jax.convert import lazy_save
+from bagpiper_jax.convert.lazy_save import LazyArray, save_pytree
 from bagpiper_jax.convert.model_checkpoint import ParamsSource, load_init_params, load_model_params
 from bagpiper_jax.convert.safetensors_writer import TensorSpec, write_safetensors
 from bagpiper_jax.convert.tensor_reader import CheckpointError, TensorReader
@@ -200,6 +203,69 @@ def test_writer_checks_the_plan(tmp_path):
     np.testing.assert_array_equal(load_file(str(files[1]))["b"], np.arange(4))
 
 
+def test_lazy_save_writes_what_standard_save_writes(tmp_path, monkeypatch):
+    """Params read chunk by chunk while they are written: the same metadata, sharding and
+    array-metadata files as StandardSave of the built tree, restored by StandardRestore."""
+    monkeypatch.setattr(lazy_save, "CHUNK_BYTES", 64)  # chunks of at most 16 floats
+    mesh = jax.make_mesh((8,), ("fsdp",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
+    values = {"a": {"value": np.arange(512, dtype=np.float32).reshape(64, 8)},
+              "b": {"value": np.linspace(0, 1, 8, dtype=np.float32)}}
+    opened, done, blocks = [], [], []
+
+    def open_reader(v):
+        opened.append(v.shape)
+        return lambda index: blocks.append(v[index].shape) or v[index].copy()
+    lazy = jax.tree.map(lambda v: LazyArray(v.shape, v.dtype, sharding, lambda v=v: open_reader(v),
+                                            lambda v=v: done.append(v.shape)), values)
+    assert not opened
+    save_pytree(tmp_path / "lazy", lazy)
+    assert sorted(opened) == sorted(done) == [(8,), (64, 8)]
+    assert blocks.count((2, 8)) == 32 and blocks.count((1,)) == 8 and len(blocks) == 40  # chunks within shards
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(tmp_path / "standard", jax.tree.map(lambda v: jax.device_put(v, sharding), values),
+                   save_args=jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=64), values))
+        ckptr.wait_until_finished()
+        for name in ("_METADATA", "_sharding", "array_metadatas/process_0"):
+            assert (json.loads((tmp_path / "lazy" / name).read_text())
+                    == json.loads((tmp_path / "standard" / name).read_text())), name
+        target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding), values)
+        restored = ckptr.restore(tmp_path / "lazy", target)
+    jax.tree.map(np.testing.assert_array_equal, restored, values)
+    assert restored["a"]["value"].sharding == sharding
+
+
+def test_torch_files_are_memory_mapped(tmp_path):
+    """Zip-format .pt/.bin are memory-mapped and release() drops the pages read; legacy
+    (non-zip) files are read whole."""
+    import re
+    tensors = {"a": torch.arange(2048.0).reshape(2, 1024), "b": torch.ones(4, dtype=torch.bfloat16)}
+    torch.save(tensors, tmp_path / "zip.pt")
+    torch.save(tensors, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+
+    def resident_kb(path):  # None: not mapped
+        total, inside = None, False
+        for line in open("/proc/self/smaps"):
+            if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+                inside = line.rstrip().endswith(str(path))
+                total = (total or 0) if inside else total
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+        return total
+    for name, mmap in (("zip.pt", True), ("legacy.bin", False)):
+        reader = TensorReader(tmp_path / name)
+        for _ in range(2):  # read again after release
+            np.testing.assert_array_equal(reader.get("a"), np.arange(2048.0).reshape(2, 1024))
+            assert reader.get("b").dtype == np.float32 and (reader.get("b") == 1).all()
+            if mmap:
+                assert resident_kb(tmp_path / name) >= 8
+                reader.release()
+                assert resident_kb(tmp_path / name) == 0
+            else:
+                assert resident_kb(tmp_path / name) is None
+                reader.release()
+
+
 def test_model_checkpoint_restores_onto_other_meshes(setup):
     """Written with fsdp=8; read with data=2 x fsdp=4 and on one device: same values, new shardings."""
     root, cfg = setup
@@ -239,16 +305,21 @@ def test_run_directory_to_torch(setup, tmp_path):
     tx = optax.adamw(1e-3)
     state = init_state(params, tx, train_state_shardings(abstract_state(params, tx), mesh, cfg.mesh.rules))
     run = tmp_path / "run"
-    ckpts = RunCheckpoints(run, keep=3, async_save=False)
+    ckpts = RunCheckpoints(tmp_path / "elsewhere", keep=3, async_save=False)  # train.checkpoint_dir
     for step in (5, 7):
-        ckpts.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                         meta=ocp.args.JsonSave({"step": step})))
+        ckpts.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(
+            {"step": step, "config": to_dict(cfg)})))
     ckpts.close()
-    (run / "config_resolved.json").write_text(json.dumps(to_dict(cfg)))
+    run.mkdir()
+    (run / "config_resolved.json").write_text(json.dumps(to_dict(
+        dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_dir=str(tmp_path / "elsewhere"))))))
     source = ParamsSource(run)
-    assert source.step == 7 and ParamsSource(run, 5).step == 5
+    assert source.step == 7 and ParamsSource(run, 5).step == 5 and ParamsSource(tmp_path / "elsewhere" / "5").step == 5
     with pytest.raises(CheckpointError, match="no step 6; steps: \\[5, 7\\]"):
         ParamsSource(run, 6)
+    # All params at once onto another mesh (what bagpiper-generate loads), without the optimizer state.
+    _, restored = source.restore(cfg.model, make_mesh(cfg.mesh, jax.devices()[:1]), cfg.mesh.rules)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), restored, params)
     main(["to-torch", "--checkpoint", str(run), "--step", "5", "--out", str(tmp_path / "t.safetensors")])
     ours, reference = all_tensors(tmp_path / "t.safetensors"), all_tensors(root / "torch")
     assert sorted(ours) == sorted(reference)

@@ -58,18 +58,24 @@ def prepared(tmp_path_factory):
 
 def pipeline(prepared_dir, **overrides):
     fields = dict(prepared=str(prepared_dir), row_frames=256, batch_rows=4, max_pieces_per_row=4, piece_frames=200,
-                  packing_bins=8, cfg_drop=0.3, shuffle_seed=1)
+                  mel_frames_per_row=1024, packing_bins=8, cfg_drop=0.3, shuffle_seed=1)
     process = {k: overrides.pop(k) for k in ("process_index", "process_count", "epochs") if k in overrides}
     return build_pipeline(DataConfig(**{**fields, **overrides}), VOCAB, output_lengths, MEL_BINS, **process)
 
 
+def mel_of(example: PreparedExample) -> np.ndarray:
+    return np.concatenate([m.array for m in example.messages if m.kind == "mel"] or [np.zeros((0, MEL_BINS))])
+
+
 def test_packed_rows_are_well_formed(prepared):
     pipe = pipeline(prepared[0])
-    assert pipe.report == {"records": 91, "kept": 90, "skipped_overlong": 1, "truncated": 0}
+    assert pipe.report == {"records": 91, "kept": 90, "skipped_overlong": 1, "skipped_audio_budget": 0,
+                           "truncated": 0}
     batches = list(itertools.islice(iter(pipe), 6))
-    cfg_dropped = []
+    cfg_dropped, pieces_seen = [], 0
     for b in batches:
-        assert b["ids"].shape == (4, 256, 8) and b["mel"].shape == (4, 4, 200, MEL_BINS)
+        assert b["ids"].shape == (4, 256, 8) and b["mel"].shape == (4, 1024, MEL_BINS)
+        assert b["mel_offset"].shape == (4, 4)
         for r in range(4):
             seg, pos = b["segment_ids"][r], b["positions"][r]
             np.testing.assert_array_equal(b["loss_mask"][r][seg == 0], 0)  # padding has weight 0
@@ -85,13 +91,27 @@ def test_packed_rows_are_well_formed(prepared):
                     cfg_dropped.append(1)
                 else:
                     assert first == 1  # <|bos|>
+            mel_used = 0
             for j in np.flatnonzero(b["mel_lengths"][r]):  # pieces land on placeholder frames of a segment
                 start = b["mel_start"][r, j]
                 n = output_lengths(int(b["mel_lengths"][r, j]))
                 assert seg[start] > 0 and seg[start + n - 1] == seg[start]
                 np.testing.assert_array_equal(b["ids"][r, start:start + n], 0)
+                # ... and hold the frames of the example's clip they were cut from
+                frames = np.flatnonzero(seg == seg[start])
+                clip = mel_of(prepared[1][segments_first_tokens([{"ids": b["ids"][r:r + 1],
+                                                                   "segment_ids": seg[None] * (seg == seg[start])}])[0]])
+                assert b["mel_clip_lengths"][r, j] == len(clip)
+                cut = 200 * [output_lengths(200 * k) for k in range(3)].index(start - frames[0] - 3)  # bos user audio
+                offset, length = b["mel_offset"][r, j], b["mel_lengths"][r, j]
+                assert length == min(200, len(clip) - cut)
+                np.testing.assert_array_equal(b["mel"][r, offset:offset + length], clip[cut:cut + length])
+                mel_used = max(mel_used, offset + length)
+                pieces_seen += 1
+            np.testing.assert_array_equal(b["mel"][r, mel_used:], 0)
             assert np.all(b["mel_start"][r][b["mel_lengths"][r] == 0] == -1)
     assert cfg_dropped  # cfg_drop=0.3 hit some examples
+    assert pieces_seen
     efficiency = np.mean([packing_efficiency(b) for b in batches])
     print(f"packing efficiency {efficiency:.3f}")
     assert efficiency > 0.7
@@ -142,3 +162,13 @@ def test_two_processes_cover_the_epoch_exactly_once(prepared):
 def test_missing_index_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="index.json not found: run bagpiper-prepare"):
         pipeline(tmp_path)
+
+
+def test_examples_with_more_audio_than_a_row_holds_are_skipped_and_counted(prepared):
+    directory, examples = prepared
+    clips = {e.id: [len(m.array) for m in e.messages if m.kind == "mel"] for e in examples if e.frames <= 256}
+    limit = sorted(sum(c) for c in clips.values())[-3]  # a mel budget a few examples exceed
+    over = {i for i, c in clips.items() if sum(c) > limit or sum(-(-n // 200) for n in c) > 4}
+    pipe = pipeline(directory, mel_frames_per_row=limit)
+    assert over and pipe.report["skipped_audio_budget"] == len(over)
+    assert pipe.report["kept"] == 90 - len(over)

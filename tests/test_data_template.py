@@ -81,6 +81,13 @@ def test_dialogue_with_continuous_audio_and_eot():
     np.testing.assert_array_equal(out["mel_clip_lengths"], [250, 250])
     np.testing.assert_array_equal(out["mel"][1, :50], mel[200:])
     np.testing.assert_array_equal(out["mel"][1, 50:], 0)
+    flat = run(ex, flat_mel=True)  # the pipeline's layout: pieces back to back, unpadded
+    for k in ("ids", "loss_mask", "mel_lengths", "mel_start", "mel_clip_lengths"):
+        np.testing.assert_array_equal(flat[k], out[k])
+    np.testing.assert_array_equal(flat["mel"], mel)
+    np.testing.assert_array_equal(flat["mel_offset"], [0, 200])
+    dropped = run(ex, flat_mel=True, cfg_keep=3)
+    assert dropped["mel"].shape == (0, 4) and dropped["mel_offset"].shape == (0,)
 
 
 def test_bad_examples_are_named():

@@ -116,3 +116,16 @@ def test_sequence_longer_than_max_frames_is_an_error(model_and_batch):
     small = nnx.eval_shape(lambda: Bagpiper(cfg.model, rngs=nnx.Rngs(0)))  # the check precedes any math
     with pytest.raises(ValueError, match="exceeds model.max_frames=64"):
         small.loss(batch)
+
+
+def test_remat_policies_give_the_same_gradients(model_and_batch):
+    """Every ``model.remat`` policy only changes what the backward pass recomputes."""
+    _, batch = model_and_batch
+    grads = {}
+    for policy in ("none", "dots", "dots_attention", "qkv_attention", "full"):
+        cfg = tiny_config("model.loss_chunk=40", f"model.remat={policy}")
+        graphdef, state, _ = init_model(cfg.model, make_mesh(cfg.mesh, jax.devices()[:1]), cfg.mesh.rules)
+        grads[policy] = jax.jit(jax.grad(lambda p: nnx.merge(graphdef, p).loss(batch)[0]))(state)
+    for policy, g in grads.items():
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7),
+                     g, grads["none"])

@@ -35,9 +35,12 @@ def test_loss_falls_and_a_restart_resumes_bit_identically(demo_root, tmp_path):
     records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert {"lr", "grad_norm", "frames_per_s", "mfu", "stream_accuracy/7"} <= set(records[0])
     assert any("eval/loss" in r for r in records)
-    # A run holding only the step-15 checkpoint resumes and reproduces steps 16..30 exactly.
-    shutil.copytree(tmp_path / "a" / "checkpoints" / "15", tmp_path / "b" / "checkpoints" / "15")
-    train(demo_config(demo_root, f"run_dir={tmp_path}/b", *common), progress=False)
+    # A run holding only the step-15 checkpoint (in a train.checkpoint_dir outside its run
+    # directory) resumes and reproduces steps 16..30 exactly.
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "15", tmp_path / "b_ckpts" / "15")
+    train(demo_config(demo_root, f"run_dir={tmp_path}/b", f"train.checkpoint_dir={tmp_path}/b_ckpts", *common),
+          progress=False)
+    assert (tmp_path / "b_ckpts" / "30").is_dir() and not (tmp_path / "b" / "checkpoints").exists()
     resumed = losses(tmp_path / "b")
     assert min(resumed) == 16
     assert [resumed[s] for s in range(16, 31)] == [curve[s] for s in range(16, 31)]  # bit-identical
@@ -52,7 +55,7 @@ def test_restore_onto_another_mesh(demo_root, tmp_path):
     # The checkpoint restores onto the 8x1 mesh with the values it has on the 2x4 one.
     tx = make_optimizer(cfg.train)
     abstract = abstract_state(abstract_model(cfg.model, cfg.mesh.rules)[1], tx)
-    ckpts = RunCheckpoints(tmp_path / "r", 3)
+    ckpts = RunCheckpoints(tmp_path / "r" / "checkpoints", 3)
     restored = [ckpts.restore_state(2, with_shardings(abstract, train_state_shardings(
         abstract, make_mesh(c.mesh), cfg.mesh.rules))) for c in (cfg, demo_config(demo_root, *wide))]
     ckpts.close()

@@ -7,11 +7,14 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers import DEMO, demo_overrides
+
+LAUNCH_LOCAL = Path(__file__).resolve().parents[1] / "launch" / "local.sh"
 
 pytestmark = pytest.mark.slow
 COMMON = ["train.log_every=1", "train.eval_every=1000", "data.input_shards=2"]
@@ -81,12 +84,14 @@ def free_port() -> int:
 
 
 def two_processes(root, run_dir, *overrides):
-    port = free_port()
-    procs = [launch(root, run_dir, *overrides, devices=4,
-                    env={"BAGPIPER_COORDINATOR": f"127.0.0.1:{port}", "BAGPIPER_NUM_PROCESSES": "2",
-                         "BAGPIPER_PROCESS_ID": str(i)}) for i in range(2)]
-    for p in procs:
-        finish(p)
+    """Two processes of 4 CPU devices each, started by ``launch/local.sh``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PROCESSES": "2", "DEVICES_PER_PROCESS": "4", "PORT": str(free_port()),
+           "LOG_DIR": str(run_dir)}
+    cmd = ["bash", str(LAUNCH_LOCAL), str(DEMO), *demo_overrides(root), f"run_dir={run_dir}", *COMMON, *overrides]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    logs = "\n".join(p.read_text()[-2000:] for p in sorted(run_dir.glob("local-process-*.log")))
+    assert done.returncode == 0, done.stderr[-2000:] + logs
 
 
 def test_two_processes_equal_one_and_resume(demo_root, tmp_path):

@@ -5,9 +5,10 @@
   the reference PyTorch layout (or, with ``--hf-text-only``, a plain HF Qwen3 directory);
 - ``from-torch --torch FILE_OR_DIR --config CFG --out CKPT``: the inverse.
 
-All stream: params are read one at a time (memory-mapped tensors read shard by shard on
-import; one param restored at a time on export), so converting needs far less RAM than
-two copies of the model.
+All stream: params are read one at a time (on import, memory-mapped tensors read shard by
+shard into one param, which is written and dropped before the next is read
+(``lazy_save``); on export, one param restored at a time), so converting needs far less
+RAM than one copy of the model.
 """
 from __future__ import annotations
 
@@ -58,9 +59,9 @@ def convert_hf_qwen3(hf_dir: str | Path, out: str | Path, config: str | Path | N
     mesh = make_mesh(cfg.mesh)
     total = len(backbone_entries(cfg.model)) + 2  # + embed, lm_head
     with tqdm(total=total, unit="tensor", desc="read HF Qwen3", disable=not progress) as bar:
-        _, params, _ = load_hf_qwen3(hf_dir, cfg.model, mesh, cfg.mesh.rules, cfg.seed, bar.update)
-    modules = load_audio_modules(cfg.data.codec, cfg.model.audio_encoder)
-    return save_model_checkpoint(out, cfg, params, modules, source=f"hf-qwen3 {Path(hf_dir).absolute()}")
+        _, params, _ = load_hf_qwen3(hf_dir, cfg.model, mesh, cfg.mesh.rules, cfg.seed, bar.update, lazy=True)
+        modules = load_audio_modules(cfg.data.codec, cfg.model.audio_encoder)
+        return save_model_checkpoint(out, cfg, params, modules, source=f"hf-qwen3 {Path(hf_dir).absolute()}")
 
 
 def to_torch(checkpoint: str | Path, out: str | Path, step: int | None = None, dtype: str | None = None,
@@ -113,9 +114,10 @@ def from_torch(torch_path: str | Path, config: str | Path, out: str | Path, prog
         modules.audio_encoder = (encoder_cfg, torch_layout.read_encoder(torch_path, encoder_cfg))
     mesh = make_mesh(cfg.mesh)
     entries = torch_layout.model_entries(cfg.model)
-    with tqdm(total=len(entries), unit="tensor", desc="read torch", disable=not progress) as bar:
-        _, params, _ = torch_layout.read_model(reader, cfg.model, mesh, cfg.mesh.rules, bar.update)
-    return save_model_checkpoint(out, cfg, params, modules, source=f"from-torch {Path(torch_path).absolute()}")
+    with tqdm(total=len(entries), unit="tensor", desc="convert torch", disable=not progress) as bar:
+        _, params, _ = torch_layout.read_model(reader, cfg.model, mesh, cfg.mesh.rules, bar.update, lazy=True)
+        return save_model_checkpoint(out, cfg, params, modules,
+                                     source=f"from-torch {Path(torch_path).absolute()}")
 
 
 def _module_dir(value: str, field: str, what: str, torch_path) -> str:

@@ -25,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from bagpiper_jax.config import ConfigError, ModelConfig
+from bagpiper_jax.convert.lazy_save import LazyArray
 from bagpiper_jax.convert.tensor_reader import CheckpointError, TensorReader
 from bagpiper_jax.model.bagpiper import Bagpiper
 from bagpiper_jax.model.create import abstract_model
@@ -185,11 +186,14 @@ def _extended_rows(vocab: Vocab, hf_rows: np.ndarray, std: float, seed: int, tab
 
 
 def load_hf_qwen3(hf_dir: str | Path, cfg: ModelConfig, mesh: Mesh, rules: Rules, seed: int = 0,
-                  progress: Callable[[int], None] = lambda n: None):
+                  progress: Callable[[int], None] = lambda n: None, lazy: bool = False):
     """Bagpiper params from an HF Qwen3 directory, sharded on ``mesh``.
 
     Returns ``(graphdef, state, shardings)`` like :func:`bagpiper_jax.model.init_model`;
-    ``progress`` is called with the number of HF tensors read as they are read.
+    ``progress`` is called with the number of HF tensors read as they are read (with
+    ``lazy``, as they are built). ``lazy``: the imported params are
+    :class:`~bagpiper_jax.convert.lazy_save.LazyArray` s, each read when it is written
+    (``lazy_save.save_pytree``), so converting never holds the whole model.
     """
     hf = read_hf_config(hf_dir)
     check_config_matches(cfg, hf, hf_dir)
@@ -197,42 +201,61 @@ def load_hf_qwen3(hf_dir: str | Path, cfg: ModelConfig, mesh: Mesh, rules: Rules
     vocab = Vocab.from_config(cfg)
     graphdef, abstract = abstract_model(cfg, rules)
     shardings = state_shardings(abstract, mesh, rules)
-    params = read_entries(reader, backbone_entries(cfg), abstract, shardings, progress)
-    embed = reader.view("model.embed_tokens.weight", (cfg.text_vocab_size, cfg.hidden))
+    params = read_entries(reader, backbone_entries(cfg), abstract, shardings, progress, lazy)
+    table_shape = (cfg.text_vocab_size, cfg.hidden)
+    embed_key = "model.embed_tokens.weight"
+    reader.view(embed_key, table_shape)  # checks the shape now
     head_key = "lm_head.weight" if "lm_head.weight" in reader else None
     if head_key is None and not hf.get("tie_word_embeddings", False):
         raise CheckpointError(f"tensor 'lm_head.weight' missing from {hf_dir} (embeddings are not tied)")
-    head = reader.view(head_key, embed.shape) if head_key else embed
-    params["embed"] = sharded_array(
-        abstract_at(abstract, "embed"), abstract_at(shardings, "embed"),
-        lambda idx: _extended_rows(vocab, embed, cfg.init_std, seed, 0, idx, False))
-    params["lm_head"] = sharded_array(
-        abstract_at(abstract, "lm_head"), abstract_at(shardings, "lm_head"),
-        lambda idx: _extended_rows(vocab, head, cfg.init_std, seed, 1, idx, True))
-    progress(2)
+    head_key = head_key or embed_key
+    reader.view(head_key, table_shape)
+    for table, (path, key) in enumerate((("embed", embed_key), ("lm_head", head_key))):
+        # the table is mapped per shard read, so nothing stays mapped between params
+        params[path] = sharded_array(
+            abstract_at(abstract, path), abstract_at(shardings, path),
+            lambda idx, key=key, table=table: _read_released(
+                reader, lambda: _extended_rows(vocab, reader.view(key, table_shape), cfg.init_std, seed, table,
+                                               idx, table == 1)),
+            lazy, lambda: progress(1))
     state = fill_state(cfg, rules, mesh, shardings, params, seed)
     return graphdef, state, shardings
 
 
-def sharded_array(abstract: jax.ShapeDtypeStruct, sharding, read: Callable[[tuple], np.ndarray]) -> jax.Array:
+def _read_released(reader: TensorReader, read: Callable[[], np.ndarray]) -> np.ndarray:
+    """``read()``, then the reader's mapped pages released (see ``TensorReader.release``)."""
+    block = read()
+    reader.release()
+    return block
+
+
+def sharded_array(abstract: jax.ShapeDtypeStruct, sharding, read: Callable[[tuple], np.ndarray],
+                  lazy: bool = False, done: Callable[[], None] = lambda: None) -> jax.Array | LazyArray:
     """A global array of ``abstract``'s shape and dtype whose device shards each come from
     ``read(index)`` (only that slice is read: one shard of one tensor in host memory at a time).
-    ``read`` returns a fresh array (never a view of a memory map, which jax might alias)."""
+    ``read`` returns a fresh array (never a view of a memory map, which jax might alias).
+    ``lazy``: a :class:`LazyArray` reading its blocks with ``read`` when it is written.
+    ``done`` runs once the array is built (or written)."""
     dtype = np.dtype(abstract.dtype)
-    return jax.make_array_from_callback(abstract.shape, sharding, lambda idx: np.asarray(read(idx), dtype))
+    if lazy:
+        return LazyArray(abstract.shape, dtype, sharding, lambda: read, done)
+    array = jax.make_array_from_callback(abstract.shape, sharding, lambda idx: np.asarray(read(idx), dtype))
+    done()
+    return array
 
 
-def stacked_array(abstract: jax.ShapeDtypeStruct, sharding, views: list[np.ndarray]) -> jax.Array:
-    """``[layers, ...]`` array from one (lazy) per-layer view each, read shard by shard."""
-    return sharded_array(abstract, sharding,
-                         lambda idx: np.stack([views[i][idx[1:]] for i in range(len(views))[idx[0]]]))
+def stacked_reader(views: list[np.ndarray]) -> Callable[[tuple], np.ndarray]:
+    """``read(index)`` of a ``[layers, ...]`` param from one (lazy) per-layer view each."""
+    return lambda idx: np.stack([views[i][idx[1:]] for i in range(len(views))[idx[0]]])
 
 
 def read_entries(reader: TensorReader, entries: list[Entry], abstract: nnx.State, shardings: nnx.State,
-                 progress: Callable[[int], None] = lambda n: None) -> dict[str, jax.Array]:
+                 progress: Callable[[int], None] = lambda n: None, lazy: bool = False) -> dict[str, jax.Array]:
     """Our params named by ``entries`` (dotted path -> sharded array) from the tensors of
     ``reader``; every tensor is checked (an error naming its key) before any is read.
-    ``progress`` is called with the number of tensors of each param read."""
+    ``progress`` is called with the number of tensors of each param read. ``lazy``: the
+    params are :class:`LazyArray` s, read block by block when ``lazy_save`` writes them.
+    The reader's memory maps are released after each block read."""
     groups: dict[str, list[Entry]] = {}
     for e in entries:
         groups.setdefault(e.path, []).append(e)
@@ -244,15 +267,24 @@ def read_entries(reader: TensorReader, entries: list[Entry], abstract: nnx.State
 
     for path in groups:
         views(path)  # checks shapes; maps nothing for long
-    params = {}
-    for path, group in groups.items():  # one param's memory maps at a time
-        spec, sharding = abstract_at(abstract, path), abstract_at(shardings, path)
-        if group[0].layer is not None:
-            params[path] = stacked_array(spec, sharding, views(path))
-        else:
-            params[path] = sharded_array(spec, sharding, lambda idx, view=views(path)[0]: np.array(view[idx]))
-        progress(len(group))
-    return params
+    reader.release()
+
+    def open_param(path: str) -> Callable[[tuple], np.ndarray]:
+        # Maps the tensors per block read, and releases them after it: pages read through a
+        # map count as this process's memory until they are unmapped or dropped.
+        def read(idx: tuple) -> np.ndarray:
+            tensors = views(path)
+            block = stacked_reader(tensors)(idx) if groups[path][0].layer is not None else np.array(tensors[0][idx])
+            del tensors
+            reader.release()
+            return block
+        return read
+
+    def done(path: str) -> None:
+        progress(len(groups[path]))
+    return {path: sharded_array(abstract_at(abstract, path), abstract_at(shardings, path), open_param(path), lazy,
+                                lambda p=path: done(p))
+            for path in groups}
 
 
 def hf_config_dict(cfg: ModelConfig, dtype: str = "float32") -> dict:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -32,7 +32,8 @@ from bagpiper_jax.audio_encoder.checkpoint import load_config as load_encoder_co
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
 from bagpiper_jax.codec.checkpoint import load_codec_config, save_codec
 from bagpiper_jax.codec.config import XCodecConfig
-from bagpiper_jax.config import Config, ConfigError, ModelConfig, load_config, to_dict
+from bagpiper_jax.config import Config, ConfigError, ModelConfig, config_from_dict, load_config, to_dict
+from bagpiper_jax.convert.lazy_save import save_pytree
 from bagpiper_jax.convert.tensor_reader import CheckpointError
 from bagpiper_jax.model.create import abstract_model
 from bagpiper_jax.params_io import load_params, save_params
@@ -66,15 +67,13 @@ def load_audio_modules(codec_dir: str | Path | None, encoder_dir: str | Path | N
 
 def save_model_checkpoint(directory: str | Path, cfg: Config, params: nnx.State, modules: AudioModules,
                           source: str, step: int = 0) -> Path:
-    """Writes a model checkpoint: ``params`` (the sharded transformer state), the resolved
-    ``cfg`` and the frozen modules present in ``modules``."""
+    """Writes a model checkpoint: ``params`` (the sharded transformer state; leaves may be
+    ``lazy_save.LazyArray`` s, each built only when it is written), the resolved ``cfg``
+    and the frozen modules present in ``modules``."""
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    # params_io's layout, saved with about one param in flight: Orbax would otherwise copy
-    # the whole model to host buffers before writing (a second copy of it in memory).
-    largest = max(s.data.nbytes for leaf in jax.tree.leaves(params) for s in leaf.addressable_shards)
-    with ocp.Checkpointer(ocp.StandardCheckpointHandler(save_concurrent_gb=math.ceil(largest / 1e9))) as ckptr:
-        ckptr.save(directory / "params", args=ocp.args.StandardSave(params), force=True)
+    # The layout of StandardSave, written one param at a time (lazy_save).
+    save_pytree(directory / "params", params)
     (directory / "config.json").write_text(json.dumps({"format": FORMAT, "step": step, "source": source}, indent=2))
     (directory / RUN_CONFIG).write_text(json.dumps(to_dict(cfg), indent=1))
     if modules.codec is not None:
@@ -125,8 +124,10 @@ def load_init_params(path: str | Path, cfg: Config, mesh: Mesh) -> nnx.State:
 
 
 class ParamsSource:
-    """The params of a model checkpoint, or of one step of a run directory
-    (``<run_dir>/checkpoints/<step>/state``), read one param at a time onto the host.
+    """The params of a model checkpoint, of a run directory (its latest or ``step``'s
+    checkpoint, found under ``train.checkpoint_dir`` or ``<run_dir>/checkpoints``) or of one
+    step of a run (``.../checkpoints/<step>``): read one param at a time onto the host
+    (export) or all at once onto a mesh (:meth:`restore`).
 
     Attributes:
       config: the resolved config the params were made with.
@@ -146,15 +147,27 @@ class ParamsSource:
             self._item, self._prefix = path / "params", ()
             self.codec_dir = path / "codec" if (path / "codec").is_dir() else None
             self.encoder_dir = path / "audio_encoder" if (path / "audio_encoder").is_dir() else None
-        elif (path / "checkpoints").is_dir():
-            self.step = self._run_step(path, step)
+            self._read_metadata()
+            return
+        if (path / RUN_CONFIG).is_file():  # a run directory: its latest (or --step) checkpoint
             self.config = load_config(path / RUN_CONFIG)
-            self._item, self._prefix = path / "checkpoints" / str(self.step) / "state", ("params",)
-            self.codec_dir = self._configured_dir(self.config.data.codec, "data.codec", path)
-            self.encoder_dir = self._configured_dir(self.config.model.audio_encoder, "model.audio_encoder", path)
+            directory = epath.Path(self.config.train.checkpoint_dir or path / "checkpoints")
+            self.step = self._run_step(directory, step)
+            step_dir = directory / str(self.step)
+        elif (path / "state").is_dir() and (path / "meta").is_dir():  # one step of a run
+            if step is not None:
+                raise CheckpointError(f"--step applies to run directories; {path} is one step of a run")
+            meta = json.loads((path / "meta" / "metadata").read_text())
+            self.config, self.step, step_dir = config_from_dict(meta["config"]), meta["step"], path
         else:
-            raise CheckpointError(f"{path} is neither a model checkpoint (config.json with format {FORMAT!r}) "
-                                  f"nor a run directory (holding checkpoints/)")
+            raise CheckpointError(f"{path} is neither a model checkpoint (config.json with format {FORMAT!r}), "
+                                  f"a run directory (holding {RUN_CONFIG}) nor one step of a run (state/, meta/)")
+        self._item, self._prefix = step_dir / "state", ("params",)
+        self.codec_dir = self._configured_dir(self.config.data.codec, "data.codec", path)
+        self.encoder_dir = self._configured_dir(self.config.model.audio_encoder, "model.audio_encoder", path)
+        self._read_metadata()
+
+    def _read_metadata(self):
         with ocp.PyTreeCheckpointer() as ckptr:
             tree = ckptr.metadata(self._item).item_metadata.tree
         for key in self._prefix:
@@ -163,20 +176,35 @@ class ParamsSource:
                        for keys, meta in jax.tree_util.tree_flatten_with_path(tree)[0]}  # keys end in "value"
 
     @staticmethod
-    def _run_step(run_dir: Path, step: int | None) -> int:
+    def _run_step(directory: epath.Path, step: int | None) -> int:
         from bagpiper_jax.train.checkpoint import RunCheckpoints
-        ckpts = RunCheckpoints(run_dir, keep=2**31 - 1, async_save=False)  # read only: deletes nothing
+        ckpts = RunCheckpoints(directory, keep=2**31 - 1, async_save=False)  # read only: deletes nothing
         try:
             steps = ckpts.manager.all_steps()
         finally:
             ckpts.close()
         if not steps:
-            raise CheckpointError(f"{run_dir}/checkpoints holds no complete checkpoint")
+            raise CheckpointError(f"{directory} holds no complete checkpoint")
         if step is None:
             return max(steps)
         if step not in steps:
-            raise CheckpointError(f"{run_dir}/checkpoints has no step {step}; steps: {sorted(steps)}")
+            raise CheckpointError(f"{directory} has no step {step}; steps: {sorted(steps)}")
         return step
+
+    def restore(self, cfg: ModelConfig, mesh: Mesh, rules: Rules) -> tuple[nnx.GraphDef, nnx.State]:
+        """All the params at once, sharded on ``mesh`` by ``rules`` (partial restore: never
+        the optimizer state); ``cfg`` must match the checkpoint's shapes."""
+        check_model_matches(cfg, self.config.model, self._item)
+        graphdef, abstract = abstract_model(cfg, rules)
+        tree = with_shardings(abstract, state_shardings(abstract, mesh, rules))
+        for key in reversed(self._prefix):
+            tree = {key: tree}
+        with ocp.PyTreeCheckpointer() as ckptr:
+            restored = ckptr.restore(self._item, args=ocp.args.PyTreeRestore(
+                item=tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree), partial_restore=True))
+        for key in self._prefix:
+            restored = restored[key]
+        return graphdef, restored
 
     @staticmethod
     def _configured_dir(value: str, field: str, run_dir: Path) -> Path | None:

@@ -4,12 +4,26 @@ Supports a single ``model.safetensors``, sharded safetensors with
 ``model.safetensors.index.json``, any other ``*.safetensors`` files, and ``*.bin`` /
 ``*.pt`` files loaded with ``torch.load(weights_only=True)`` (never arbitrary pickles).
 Safetensors files are parsed directly (header + memory map, no torch needed) and read one
-tensor at a time, so a checkpoint never has to fit in host RAM.
+tensor at a time, so a checkpoint never has to fit in host RAM. Torch files in the zip
+format (``torch.save``'s default since 1.6) are loaded with ``mmap=True``, so their tensors
+are memory maps too; only legacy (non-zip) torch files are read whole.
+
+Pages read through a memory map count towards the process's RSS until they are unmapped
+or dropped, so callers reading a whole checkpoint call :meth:`TensorReader.release` after
+each block they read: safetensors maps are per view and go with it; for torch files,
+``release`` drops (``madvise(MADV_DONTNEED)``) the pages of the tensors read since the last
+call — they are clean pages of a private file map, so a later read faults them in again
+from the page cache.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
+import mmap
 import struct
+import sys
+import zipfile
 from pathlib import Path
 
 import ml_dtypes
@@ -38,6 +52,8 @@ class TensorReader:
         self._only = only_prefixes
         self._where: dict[str, tuple[Path, str]] = {}  # name -> (file, stored name)
         self._torch_cache: dict[Path, dict] = {}
+        self._torch_mmap: set[Path] = set()  # files in _torch_cache that are memory maps
+        self._touched: dict[int, object] = {}  # id -> memory-mapped torch tensor read since release()
         self._headers: dict[Path, tuple[dict, int]] = {}
         files = self._weight_files()
         for f in files:
@@ -81,14 +97,25 @@ class TensorReader:
     def _torch_state(self, f: Path) -> dict:
         if f not in self._torch_cache:
             import torch
+            mmap = zipfile.is_zipfile(f)  # legacy (pre-1.6) torch files cannot be memory-mapped
             try:
-                state = torch.load(str(f), map_location="cpu", weights_only=True)
+                state = torch.load(str(f), map_location="cpu", weights_only=True, mmap=mmap)
             except Exception as e:  # torch raises several types for bad/unsafe pickles
                 raise CheckpointError(f"cannot load {f} as a weights-only torch file: {e}") from e
             if not isinstance(state, dict):
                 raise CheckpointError(f"{f} does not hold a state dict (got {type(state).__name__})")
             self._torch_cache[f] = state
+            if mmap:
+                self._torch_mmap.add(f)
         return self._torch_cache[f]
+
+    def release(self) -> None:
+        """Drops the pages read from memory-mapped torch files since the last call, so they
+        stop counting as this process's memory (they are read again from the page cache if
+        needed). Safetensors maps need nothing: each view owns its own."""
+        for tensor in self._touched.values():
+            _drop_pages(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+        self._touched.clear()
 
     def _rename(self, stored: str) -> str:
         for p in self._strip:
@@ -111,7 +138,10 @@ class TensorReader:
         if f.suffix == ".safetensors":
             array = _map_safetensor(f, stored, *self._headers[f])
         else:
-            array = _torch_to_numpy(self._torch_state(f)[stored])
+            tensor = self._torch_state(f)[stored]
+            if f in self._torch_mmap:
+                self._touched[id(tensor)] = tensor
+            array = _torch_to_numpy(tensor)
         if shape is not None and tuple(array.shape) != tuple(shape):
             raise CheckpointError(f"tensor {name!r} in {self.path} has shape {tuple(array.shape)}, "
                                   f"expected {tuple(shape)}")
@@ -158,6 +188,31 @@ def _map_safetensor(f: Path, name: str, header: dict, data_start: int) -> np.nda
         return np.zeros(entry["shape"], dtype)
     return np.memmap(f, dtype=dtype, mode="r", offset=data_start + start,
                      shape=(end - start) // dtype.itemsize).reshape(entry["shape"])
+
+
+_MADV_DONTNEED = 4  # Linux
+
+
+def _drop_pages(address: int, nbytes: int) -> None:
+    """``madvise(MADV_DONTNEED)`` over the pages holding ``[address, address + nbytes)`` of a
+    private, never-written file map (neighbouring bytes on the edge pages are re-read too).
+    Best effort: does nothing where ``madvise`` is unavailable."""
+    if nbytes <= 0 or _libc() is None:
+        return
+    page = mmap.PAGESIZE
+    start = address // page * page
+    end = -(-(address + nbytes) // page) * page
+    _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+
+@functools.cache
+def _libc():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        return libc if sys.platform.startswith("linux") else None
+    except (OSError, AttributeError):
+        return None
 
 
 def _torch_to_numpy(t) -> np.ndarray:

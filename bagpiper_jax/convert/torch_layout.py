@@ -10,7 +10,8 @@ A *plain HF* export (``text_only``) has the backbone with just the text rows of 
 vocabulary tables, loadable by ``transformers.AutoModelForCausalLM``.
 
 Export yields one tensor at a time from one param at a time; import reads memory-mapped
-tensors shard by shard (``hf_qwen3.read_entries``). Layout changes are transposes and
+tensors shard by shard (``hf_qwen3.read_entries``), one param at a time as it is written
+(``lazy_save``). Layout changes are transposes and
 reshapes only, so torch -> ours -> torch is bit-exact.
 """
 from __future__ import annotations
@@ -97,15 +98,16 @@ def encoder_tensors(config: AudioEncoderConfig, params: dict, dtype=None) -> tup
 
 
 def read_model(reader: TensorReader, cfg: ModelConfig, mesh: Mesh, rules: Rules,
-               progress: Callable[[int], None] = lambda n: None):
+               progress: Callable[[int], None] = lambda n: None, lazy: bool = False):
     """Our transformer params from reference-layout tensors, sharded on ``mesh``.
 
     Returns ``(graphdef, state, shardings)`` like :func:`bagpiper_jax.model.init_model`;
-    a missing or mis-shaped tensor raises ``CheckpointError`` naming its key.
+    a missing or mis-shaped tensor raises ``CheckpointError`` naming its key (before any
+    is read). ``lazy``: the params are ``LazyArray`` s, each read when ``lazy_save`` writes it.
     """
     graphdef, abstract = abstract_model(cfg, rules)
     shardings = state_shardings(abstract, mesh, rules)
-    params = read_entries(reader, model_entries(cfg), abstract, shardings, progress)
+    params = read_entries(reader, model_entries(cfg), abstract, shardings, progress, lazy)
     return graphdef, fill_state(cfg, rules, mesh, shardings, params), shardings
 
 

@@ -11,6 +11,7 @@ tokenizer and the converted XCodec / Qwen3-Omni weights instead.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import jax
@@ -49,9 +50,21 @@ def write_random_codec(directory: str | Path, seed: int = 0):
 
 
 def write_random_encoder(directory: str | Path, output_dim: int, window: int, seed: int = 0):
+    """A random tiny audio tower whose features carry the clip.
+
+    HF's init (std 0.02) shrinks the conv front end's output to ~1e-4, far below the
+    tower's sinusoidal positions, and the output projections shrink it again: the features
+    would hardly differ between clips and the demo model could not learn what it hears.
+    The front end and the projections are rescaled to unit gain (std 1/sqrt(fan_in)).
+    """
     from bagpiper_jax.audio_encoder.checkpoint import save_tower
+    from bagpiper_jax.audio_encoder.layers import INIT_STD
     from bagpiper_jax.audio_encoder.tower import AudioTower
-    save_tower(directory, AudioTower(tiny_encoder_config(output_dim, window), rngs=nnx.Rngs(seed)))
+    tower = AudioTower(tiny_encoder_config(output_dim, window), rngs=nnx.Rngs(seed))
+    for layer in (tower.conv2d1, tower.conv2d2, tower.conv2d3, tower.conv_out, tower.proj1, tower.proj2):
+        fan_in = math.prod(layer.kernel.shape[:-1])
+        layer.kernel[...] = layer.kernel[...] / (INIT_STD * math.sqrt(fan_in))
+    save_tower(directory, tower)
 
 
 def ensure_demo_prepared(cfg: Config, examples: int = 400, heldout: int = 40) -> None:

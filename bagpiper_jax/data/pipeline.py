@@ -14,9 +14,16 @@ A packed batch is a dict of numpy arrays (``rows`` = this process's rows)::
 
     ids [rows, row_frames, streams] int32       segment_ids [rows, row_frames] int32 (0 = pad)
     positions [rows, row_frames] int32          loss_mask [rows, row_frames, streams] float32
-    mel [rows, pieces, piece_frames, mel_bins]  mel_lengths [rows, pieces] int32 (0 = unused)
+    mel [rows, mel_frames_per_row, mel_bins] float32: the row's continuous-audio pieces back
+        to back, unpadded (zero after the last)
+    mel_offset [rows, pieces] int32 (first frame of each piece in ``mel``; 0 = unused)
+    mel_lengths [rows, pieces] int32 (0 = unused)
     mel_clip_lengths [rows, pieces] int32 (frames of the clip each piece was cut from)
-    mel_start [rows, pieces] int32 (frame of the row where the piece's encoder tokens go)
+    mel_start [rows, pieces] int32 (frame of the row where the piece's encoder tokens go; -1 = unused)
+
+A row closes when its frames, its ``max_pieces_per_row`` pieces or its
+``mel_frames_per_row`` log-mel frames run out; pieces of short clips cost only their own
+frames, so the budgets bind on the audio actually carried, not on padded windows.
 """
 from __future__ import annotations
 
@@ -29,6 +36,9 @@ import grain
 import grain.experimental as grain_exp
 import numpy as np
 
+# Grain's packer base class (grain is pinned in setup.py); FastFirstFit replaces its hot loop.
+from grain._src.python.dataset.transformations.packing_packed_batch import FirstFitPackedBatch, get_key_name
+
 from bagpiper_jax.config import DataConfig
 from bagpiper_jax.data.records import RecordError, decode_record
 from bagpiper_jax.data.template import TokensFor, cfg_candidates, template
@@ -36,7 +46,7 @@ from bagpiper_jax.vocab import Vocab
 
 log = logging.getLogger(__name__)
 FRAME_KEYS = ("ids", "loss_mask")
-PIECE_KEYS = ("mel", "mel_lengths", "mel_clip_lengths", "mel_start")
+PIECE_KEYS = ("mel_offset", "mel_lengths", "mel_clip_lengths", "mel_start")  # packed as one [pieces, 4] "pieces"
 
 
 class DataError(ValueError):
@@ -65,6 +75,69 @@ class IndexedSource:
         return self.source[int(self.indices[i])], bool(self.truncate[i])
 
 
+class EpochShuffle(grain.MapDataset):
+    """Shuffles its parent with a fresh permutation per epoch (index ``i`` is element
+    ``i % len`` of epoch ``i // len``; the ``repeat`` after it passes whole indices through).
+    Same contract as ``MapDataset.shuffle``, at the cost of one numpy permutation per epoch
+    and process instead of Grain's per-element index shuffle (a tenth of the pipeline's time)."""
+
+    def __init__(self, parent: grain.MapDataset, seed: int):
+        super().__init__(parent)
+        self._seed = seed
+        self._epoch, self._order = -1, None
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def __str__(self) -> str:
+        return f"EpochShuffle(seed={self._seed})"
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, i = divmod(index, len(self._parent))
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, np.random.default_rng([self._seed % 2**63, epoch]).permutation(len(self._parent))
+        return self._parent[int(self._order[i])]
+
+
+class FastFirstFit(FirstFitPackedBatch):
+    """Grain's first-fit packing of flat dict elements (same bins, same placement, same
+    output), without its per-element pytree walks: one length check over a
+    ``[features, bins]`` fill matrix, then plain slice writes."""
+
+    def __init__(self, element_for_shapes, num_packing_bins, length_struct, **kw):
+        super().__init__(element_for_shapes, num_packing_bins, length_struct, **kw)
+        self._keys = [get_key_name(path[0]) for path, _ in self._flat_paths_and_max]
+        self._fill = np.zeros((len(self._keys), num_packing_bins), np.int64)
+        self._counting = np.arange(int(self._capacities.max()), dtype=np.int32)
+
+    def try_add_to_batch(self, element) -> list[str] | None:
+        values = [element[k] for k in self._keys]
+        lengths = np.array([len(v) for v in values], np.int64)
+        if np.any(lengths > self._capacities):
+            raise ValueError(f"Inputs to PackedBatch must be truncated to max length: lengths "
+                             f"{dict(zip(self._keys, lengths.tolist()))}, capacities {self._length_struct}")
+        fit = self._fill + lengths[:, None] <= self._capacities[:, None]  # [features, bins]
+        if self._max_sequences_per_bin is not None:
+            fit &= self._num_examples_per_row < self._max_sequences_per_bin
+        rows = fit.all(axis=0)
+        if not rows.any():
+            fails = (~fit).sum(axis=1)
+            return [self._feature_paths[i] for i in np.argsort(-fails) if fails[i] > 0]
+        row = int(rows.argmax())
+        segment = self._num_examples_per_row[row] + 1
+        for i, (v, n) in enumerate(zip(values, lengths.tolist())):
+            if n:
+                start = int(self._fill[i, row])
+                self._flat_values[i][row, start:start + n] = v
+                self._flat_segment_ids[i][row, start:start + n] = segment
+                self._flat_positions[i][row, start:start + n] = self._counting[:n]
+                self._fill[i, row] = start + n
+        self._num_examples_per_row[row] = segment
+        return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Templater:
     """Record bytes -> templated example dict (None for an undecodable record)."""
@@ -76,6 +149,8 @@ class Templater:
     row_frames: int
     loss_region: str
     cfg_drop: float
+    max_pieces: int = 1 << 30
+    max_mel_frames: int = 1 << 30
 
     def __call__(self, item: tuple[bytes, bool], rng: np.random.Generator):
         data, truncate = item
@@ -89,23 +164,53 @@ class Templater:
         if candidates and rng.random() < self.cfg_drop:
             keep = candidates[rng.integers(len(candidates))]
         out = template(ex, self.vocab, self.tokens_for, piece_frames=self.piece_frames, mel_bins=self.mel_bins,
-                       loss_region=self.loss_region, cfg_keep=keep)
+                       loss_region=self.loss_region, cfg_keep=keep, flat_mel=True)
+        if len(out["mel_lengths"]) > self.max_pieces or len(out["mel"]) > self.max_mel_frames:
+            log.warning("skipping example %s: %d continuous-audio pieces / %d log-mel frames exceed a row's "
+                        "data.max_pieces_per_row=%d / data.mel_frames_per_row=%d", ex.id, len(out["mel_lengths"]),
+                        len(out["mel"]), self.max_pieces, self.max_mel_frames)
+            return None
         if truncate:
             out["ids"], out["loss_mask"] = out["ids"][:self.row_frames], out["loss_mask"][:self.row_frames]
-        return out
+        return {"ids": out["ids"], "loss_mask": out["loss_mask"], "mel": out["mel"],
+                "pieces": np.stack([out[k] for k in PIECE_KEYS], axis=1)}
+
+
+def _segment_starts(segment_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``[max segment id + 1]``: index of the first element of each segment (0 where absent)."""
+    first = np.flatnonzero((positions == 0) & (segment_ids > 0))
+    table = np.zeros(int(segment_ids.max(initial=0)) + 1, np.int32)
+    table[segment_ids[first]] = first
+    return table
 
 
 def finish_row(row: dict) -> dict:
-    """Packer output -> batch row: shared segment ids/positions, mel starts in row frames."""
-    seg = row["ids_segment_ids"].astype(np.int32)
-    starts = np.full(row["mel_start"].shape, -1, np.int32)
-    for j, s in enumerate(row["mel_start_segment_ids"]):
-        if s:
-            starts[j] = np.argmax(seg == s) + row["mel_start"][j]
-    return {"ids": row["ids"], "segment_ids": seg, "positions": row["ids_positions"].astype(np.int32),
+    """Packer output -> batch row: shared segment ids/positions, piece starts in row frames
+    and piece offsets in the row's log-mel stream."""
+    seg = row["ids_segment_ids"]
+    pieces, piece_seg = row["pieces"], row["pieces_segment_ids"]
+    used = piece_seg > 0
+    frame0 = _segment_starts(seg, row["ids_positions"])
+    mel0 = _segment_starts(row["mel_segment_ids"], row["mel_positions"])
+    mel0 = np.pad(mel0, (0, max(0, len(frame0) - len(mel0))))
+    return {"ids": row["ids"], "segment_ids": seg, "positions": row["ids_positions"],
             "loss_mask": row["loss_mask"], "mel": row["mel"],
-            "mel_lengths": np.where(row["mel_lengths_segment_ids"] > 0, row["mel_lengths"], 0).astype(np.int32),
-            "mel_clip_lengths": row["mel_clip_lengths"].astype(np.int32), "mel_start": starts}
+            "mel_offset": np.where(used, mel0[piece_seg] + pieces[:, 0], 0).astype(np.int32),
+            "mel_lengths": np.where(used, pieces[:, 1], 0).astype(np.int32),
+            "mel_clip_lengths": np.where(used, pieces[:, 2], 0).astype(np.int32),
+            "mel_start": np.where(used, frame0[piece_seg] + pieces[:, 3], -1).astype(np.int32)}
+
+
+def _fits_audio_budget(index: dict, cfg: DataConfig, records: int) -> np.ndarray:
+    """``[records]`` bool: the example's continuous-audio pieces and log-mel frames fit in one
+    row (from the clips' mel lengths in the index; indexes without them pass everything and
+    the templater skips, with a warning, what does not fit)."""
+    if any(s.get("mel_frames") is None for s in index["shards"]):
+        return np.ones(records, bool)
+    clips = [c for s in index["shards"] for c in s["mel_frames"]]
+    pieces = np.asarray([sum(-(-n // cfg.piece_frames) for n in c) for c in clips], np.int64)
+    mel = np.asarray([sum(c) for c in clips], np.int64)
+    return (pieces <= cfg.max_pieces_per_row) & (mel <= cfg.mel_frames_per_row)
 
 
 @dataclasses.dataclass
@@ -141,22 +246,32 @@ def build_pipeline(cfg: DataConfig, vocab: Vocab, tokens_for: TokensFor, mel_bin
     text_only = np.concatenate([np.asarray(s["text_only"], bool) for s in index["shards"]] or [np.zeros(0, bool)])
     fits = frames <= cfg.row_frames
     truncate = ~fits & text_only & (cfg.overlong == "truncate")
-    keep = np.flatnonzero(fits | truncate)
+    audio_fits = _fits_audio_budget(index, cfg, len(frames))
+    keep = np.flatnonzero((fits | truncate) & audio_fits)
     report = {"records": int(len(frames)), "kept": int(len(keep)), "skipped_overlong": int(np.sum(~fits & ~truncate)),
-              "truncated": int(truncate.sum())}
+              "skipped_audio_budget": int(np.sum((fits | truncate) & ~audio_fits)), "truncated": int(truncate.sum())}
     if report["skipped_overlong"]:
         log.warning("skipping %d examples longer than data.row_frames=%d", report["skipped_overlong"], cfg.row_frames)
+    if report["skipped_audio_budget"]:
+        log.warning("skipping %d examples with more continuous audio than a row holds (data.max_pieces_per_row=%d, "
+                    "data.mel_frames_per_row=%d)", report["skipped_audio_budget"], cfg.max_pieces_per_row,
+                    cfg.mel_frames_per_row)
     mine = keep[process_index::process_count]
     if not len(mine):
         raise DataError(f"process {process_index} of {process_count} has no records in {cfg.prepared}")
     source = IndexedSource(grain.sources.ArrayRecordDataSource(files), mine, truncate[mine])
     templater = Templater(vocab, tokens_for, cfg.piece_frames, mel_bins, cfg.row_frames, cfg.loss_region,
-                          cfg.cfg_drop if train else 0.0)
-    ds = grain.MapDataset.source(source).shuffle(seed=cfg.shuffle_seed).repeat(epochs)
+                          cfg.cfg_drop if train else 0.0, cfg.max_pieces_per_row, cfg.mel_frames_per_row)
+    ds = EpochShuffle(grain.MapDataset.source(source), cfg.shuffle_seed).repeat(epochs)
     ds = ds.random_map(templater, seed=cfg.shuffle_seed + 1).filter(lambda x: x is not None)
-    lengths = {**{k: cfg.row_frames for k in FRAME_KEYS}, **{k: cfg.max_pieces_per_row for k in PIECE_KEYS}}
-    it = grain_exp.FirstFitPackIterDataset(ds.to_iter_dataset(), length_struct=lengths,
+    lengths = {**{k: cfg.row_frames for k in FRAME_KEYS}, "pieces": cfg.max_pieces_per_row,
+               "mel": cfg.mel_frames_per_row}
+    # Reading is cheap next to decode + template (CPU-bound Python): threads only fight over the GIL
+    # (and Grain's prefetch scans its whole buffer per element), so local shards read inline.
+    read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=16 * cfg.read_threads)
+    it = grain_exp.FirstFitPackIterDataset(ds.to_iter_dataset(read), length_struct=lengths,
                                            num_packing_bins=cfg.packing_bins, seed=cfg.shuffle_seed + 2)
+    it._packer_cls = FastFirstFit
     it = it.map(finish_row).batch(cfg.batch_rows // process_count, drop_remainder=epochs is None)
     if cfg.workers:
         from absl import flags  # Grain's workers read absl flags; a library caller may not parse them

@@ -15,7 +15,7 @@ an example longer than a row that is not text-only) never aborts the run: it is 
 and listed with its reason in ``report.json``; counts are printed at the end. Output::
 
     OUT/shard-00000.array_record   records (see bagpiper_jax.data.records)
-    OUT/shard-00000.json           per-shard ids, frame lengths, text-only flags, skips
+    OUT/shard-00000.json           per-shard ids, frame lengths, text-only flags, clip mel lengths, skips
     OUT/index.json                 shards, counts, config hash (what the pipeline reads)
     OUT/report.json                every skipped input with its reason, counts per reason
 """
@@ -141,7 +141,8 @@ def write_shard(out_dir: Path, k: int, records: list[PreparedExample], skips: li
     os.replace(tmp, out_dir / name)
     meta = {"file": name, "count": len(records), "ids": [r.id for r in records],
             "frames": [r.frames for r in records],
-            "text_only": [all(m.kind == "text" for m in r.messages) for r in records], "skipped": skips}
+            "text_only": [all(m.kind == "text" for m in r.messages) for r in records],
+            "mel_frames": [[len(m.array) for m in r.messages if m.kind == "mel"] for r in records], "skipped": skips}
     tmp_meta = out_dir / f".shard-{k:05d}.json.tmp"
     tmp_meta.write_text(json.dumps(meta))
     os.replace(tmp_meta, out_dir / f"shard-{k:05d}.json")
@@ -173,7 +174,10 @@ def write_index(cfg: Config, out_dir: Path, num_shards: int) -> dict:
         metas.append(json.loads(path.read_text()))
     skipped = [s for m in metas for s in m["skipped"]]
     reasons = collections.Counter(s["kind"] for s in skipped)
-    index = {"shards": [{k: m[k] for k in ("file", "count", "ids", "frames", "text_only")} for m in metas],
+    # mel_frames: per example, the log-mel frames of each continuous-audio clip (absent in
+    # shards written before it was recorded).
+    index = {"shards": [{**{k: m[k] for k in ("file", "count", "ids", "frames", "text_only")},
+                         "mel_frames": m.get("mel_frames")} for m in metas],
              "examples": sum(m["count"] for m in metas), "skipped": len(skipped),
              "config_hash": config_hash(cfg)}
     report = {"prepared": index["examples"], "skipped": len(skipped), "by_reason": dict(reasons),

@@ -15,12 +15,16 @@ Loss weights (``loss_region="assistant"``: assistant messages only; ``"all"``: e
 message): role, modality and END tokens 1 on stream 0; text 1 on stream 0; codec audio
 ``1 / streams`` (0.125) on every stream; continuous-audio frames and ``<|bos|>`` 0.
 
-Output (numpy, the element format of the Grain pipeline)::
+Output (numpy)::
 
     ids [frames, streams] int32, loss_mask [frames, streams] float32,
     mel [pieces, piece_frames, mel_bins] float32, mel_lengths [pieces] int32,
     mel_clip_lengths [pieces] int32 (frames of the whole clip the piece was cut from),
     mel_start [pieces] int32
+
+With ``flat_mel=True`` (the element format of the Grain pipeline) the pieces are not
+padded: ``mel [mel_frames, mel_bins]`` holds them back to back (the example's log-mel
+frames in order) and ``mel_offset [pieces] int32`` is each piece's first frame in it.
 """
 from __future__ import annotations
 
@@ -50,74 +54,88 @@ def example_frames(ex: PreparedExample, vocab: Vocab, tokens_for: TokensFor) -> 
 
 
 def template(ex: PreparedExample, vocab: Vocab, tokens_for: TokensFor, *, piece_frames: int, mel_bins: int,
-             loss_region: str = "assistant", cfg_keep: int | None = None) -> dict[str, np.ndarray]:
+             loss_region: str = "assistant", cfg_keep: int | None = None,
+             flat_mel: bool = False) -> dict[str, np.ndarray]:
     """Frames, loss weights and continuous-audio pieces of one example.
 
     Args:
       cfg_keep: classifier-free-guidance dropout: index (into ``ex.messages``) of the one
         assistant audio message to keep; every other frame and weight is zeroed and the
         continuous inputs are dropped. ``None``: no dropout.
+      flat_mel: pieces back to back in ``mel [mel_frames, mel_bins]`` with ``mel_offset``
+        (see the module docstring) instead of padded to ``[pieces, piece_frames, mel_bins]``.
     """
     s = vocab.num_streams
-    ids, mask, spans = [], [], []
-    mel_pieces, mel_start, mel_clip = [], [], []
-    frame = 0
-
-    def emit(block_ids: np.ndarray, block_mask: np.ndarray):
-        nonlocal frame
-        ids.append(block_ids)
-        mask.append(block_mask)
-        frame += len(block_ids)
-
-    def special(token: int, weight: float):
-        row_ids, row_mask = np.zeros((1, s), np.int32), np.zeros((1, s), np.float32)
-        row_ids[0, 0], row_mask[0, 0] = token, weight
-        emit(row_ids, row_mask)
-
-    special(BOS, 0.0)
-    for i, m in enumerate(ex.messages):
-        w = 1.0 if loss_region == "all" or m.role == "assistant" else 0.0
-        start = frame
-        special(ROLE_IDS[m.role], w)
-        special(MODALITY_IDS[m.modality], w)
+    sizes = []  # content frames per message (validated first, then written into one buffer)
+    for m in ex.messages:
         if m.kind == "text":
-            block = np.zeros((len(m.array), s), np.int32)
-            block[:, 0] = vocab.text_ids(m.array)
-            block_mask = np.zeros(block.shape, np.float32)
-            block_mask[:, 0] = w
-            emit(block, block_mask)
+            sizes.append(len(m.array))
         elif m.kind == "codes":
             if m.array.ndim != 2 or m.array.shape[1] != s:
                 raise TemplateError(f"example {ex.id}: codes of shape {m.array.shape}, the model has {s} streams")
-            block = interleaved_ids(m.array, vocab)
-            emit(block, np.full(block.shape, w / s, np.float32))
+            if m.array.size and (m.array.min() < 0 or m.array.max() >= vocab.codebook_size):
+                interleaved_ids(m.array, vocab)  # raises, naming the stream and the range
+            sizes.append(len(m.array) + s - 1)
         elif m.kind == "mel":
             if m.array.ndim != 2 or m.array.shape[1] != mel_bins:
                 raise TemplateError(f"example {ex.id}: log-mel of shape {m.array.shape}, expected "
                                     f"[frames, {mel_bins}]")
-            for p in range(0, len(m.array), piece_frames):
-                mel_pieces.append(m.array[p:p + piece_frames])
-                mel_start.append(frame + int(tokens_for(p)))
-                mel_clip.append(len(m.array))
-            n = int(tokens_for(len(m.array)))
-            emit(np.zeros((n, s), np.int32), np.zeros((n, s), np.float32))
+            sizes.append(int(tokens_for(len(m.array))))
         else:
             raise TemplateError(f"example {ex.id}: unknown message kind {m.kind!r}")
+    out_ids = np.zeros((1 + sum(sizes) + 3 * len(sizes), s), np.int32)
+    out_mask = np.zeros(out_ids.shape, np.float32)
+    out_ids[0, 0] = BOS
+    spans, mel_pieces, mel_start, mel_clip = [], [], [], []
+    frame = 1
+    for i, (m, n) in enumerate(zip(ex.messages, sizes)):
+        w = 1.0 if loss_region == "all" or m.role == "assistant" else 0.0
+        c = frame + 2  # first content frame
+        out_ids[frame, 0], out_ids[frame + 1, 0] = ROLE_IDS[m.role], MODALITY_IDS[m.modality]
+        out_mask[frame:c, 0] = w
+        if m.kind == "text":
+            out_ids[c:c + n, 0] = vocab.text_ids(m.array)
+            out_mask[c:c + n, 0] = w
+        elif m.kind == "codes":  # delay interleave: stream k shifted by k frames, gaps hold its pad id
+            pads = vocab.audio_offset + vocab.stream_block * np.arange(s, dtype=np.int32)
+            out_ids[c:c + n] = pads
+            t = len(m.array)
+            out_ids[c + np.arange(t)[:, None] + np.arange(s), np.arange(s)] = m.array + (pads + 1)
+            out_mask[c:c + n] = w / s
+        else:  # mel: placeholder frames (zero), cut into pieces of one encoder window
+            for q in range(0, len(m.array), piece_frames):
+                mel_pieces.append(min(piece_frames, len(m.array) - q))
+                mel_start.append(c + int(tokens_for(q)))
+                mel_clip.append(len(m.array))
+        end = c + n
         last = i + 1 == len(ex.messages)
-        special(EOT if not last and ex.messages[i + 1].role == m.role else EOS, w)
-        spans.append((start, frame))
-    out_ids, out_mask = np.concatenate(ids), np.concatenate(mask)
+        out_ids[end, 0] = EOT if not last and ex.messages[i + 1].role == m.role else EOS
+        out_mask[end, 0] = w
+        spans.append((frame, end + 1))
+        frame = end + 1
     if cfg_keep is not None:
         keep = np.zeros(len(out_ids), bool)
         keep[slice(*spans[cfg_keep])] = True
         out_ids[~keep], out_mask[~keep] = 0, 0.0
         mel_pieces, mel_start, mel_clip = [], [], []
+    lengths = np.asarray(mel_pieces, np.int32)
+    out = {"ids": out_ids, "loss_mask": out_mask, "mel_lengths": lengths,
+           "mel_clip_lengths": np.asarray(mel_clip, np.int32), "mel_start": np.asarray(mel_start, np.int32)}
+    if flat_mel:  # the pieces of a clip are consecutive slices of it: the stream is the clips in order
+        clips = [m.array for m in ex.messages if m.kind == "mel"] if mel_pieces else []
+        out["mel"] = (np.zeros((0, mel_bins), np.float32) if not clips else
+                      np.asarray(clips[0], np.float32) if len(clips) == 1 else np.concatenate(clips).astype(np.float32))
+        out["mel_offset"] = (np.cumsum(lengths, dtype=np.int32) - lengths).astype(np.int32)
+        return out
+    clips = [m.array for m in ex.messages if m.kind == "mel"] if mel_pieces else []
     mel = np.zeros((len(mel_pieces), piece_frames, mel_bins), np.float32)
-    for j, piece in enumerate(mel_pieces):
-        mel[j, :len(piece)] = piece
-    return {"ids": out_ids, "loss_mask": out_mask, "mel": mel,
-            "mel_lengths": np.asarray([len(p) for p in mel_pieces], np.int32),
-            "mel_clip_lengths": np.asarray(mel_clip, np.int32), "mel_start": np.asarray(mel_start, np.int32)}
+    j = 0
+    for clip in clips:
+        for q in range(0, len(clip), piece_frames):
+            mel[j, :min(piece_frames, len(clip) - q)] = clip[q:q + piece_frames]
+            j += 1
+    out["mel"] = mel
+    return out
 
 
 def cfg_candidates(ex: PreparedExample) -> list[int]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from bagpiper_jax.config import ModelConfig
 from bagpiper_jax.model.attention_kernels import get_kernel
+from bagpiper_jax.model.kv_cache import cached_attention
 from bagpiper_jax.model.norm import RMSNorm
 from bagpiper_jax.model.rope import apply_rope
 from bagpiper_jax.sharding import Rules, constrain, param
@@ -26,11 +28,31 @@ class Attention(nnx.Module):
         self.q_norm = RMSNorm(hd, cfg.rms_eps, "head_dim", dtype)
         self.k_norm = RMSNorm(hd, cfg.rms_eps, "head_dim", dtype)
         self.rope_theta = cfg.rope_theta
-        self.kernel = get_kernel(cfg.attention)
+        self.kernel = get_kernel(cfg, rules)
         self.rules = rules
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
         """``positions``, ``segment_ids``: ``[batch, frames]`` (positions restart per segment)."""
+        q, k, v = self.project(x, positions)
+        return self.output(checkpoint_name(self.kernel(q, k, v, segment_ids), "attention_out"))
+
+    def extend(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
+               start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Attention of ``x [batch, frames, hidden]`` (the frames at cache slots ``start ...``)
+        over one layer's cache ``[batch, slots, kv_heads, head_dim]`` with these frames written
+        in; ``mask [batch, frames, slots]`` (see :mod:`bagpiper_jax.model.kv_cache`).
+
+        Returns ``(output [batch, frames, hidden], k, v [batch, frames, kv_heads, head_dim])``:
+        the new keys/values for the caller to store.
+        """
+        q, k, v = self.project(x, positions)
+        keys = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), start, axis=1)
+        values = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), start, axis=1)
+        return self.output(cached_attention(q, keys, values, mask)), k, v
+
+    def project(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``q [batch, frames, heads, head_dim]`` and ``k, v [.., kv_heads, head_dim]``:
+        projected, QK-normed and rotated."""
         dtype = x.dtype
         q = jnp.einsum("btd,dhk->bthk", x, self.q_proj[...].astype(dtype))
         k = jnp.einsum("btd,dhk->bthk", x, self.k_proj[...].astype(dtype))
@@ -40,5 +62,8 @@ class Attention(nnx.Module):
         q = constrain(q, ("activation_batch", "activation_length", "activation_heads", None), self.rules)
         k = constrain(k, ("activation_batch", "activation_length", "activation_kv_heads", None), self.rules)
         v = constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", None), self.rules)
-        out = self.kernel(q, k, v, segment_ids)
-        return jnp.einsum("bthk,hkd->btd", out, self.o_proj[...].astype(dtype))
+        return checkpoint_name(q, "query"), checkpoint_name(k, "key"), checkpoint_name(v, "value")
+
+    def output(self, out: jax.Array) -> jax.Array:
+        """``[batch, frames, heads, head_dim]`` -> ``[batch, frames, hidden]``."""
+        return jnp.einsum("bthk,hkd->btd", out, self.o_proj[...].astype(out.dtype))

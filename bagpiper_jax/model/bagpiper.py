@@ -15,6 +15,7 @@ from flax import nnx
 
 from bagpiper_jax.config import ModelConfig
 from bagpiper_jax.model.decoder import HIDDEN_AXES, Decoder
+from bagpiper_jax.model.kv_cache import KVCache, cache_mask
 from bagpiper_jax.model.loss import multistream_loss
 from bagpiper_jax.model.norm import RMSNorm
 from bagpiper_jax.sharding import Rules, constrain, param
@@ -92,12 +93,34 @@ class Bagpiper(nnx.Module):
             raise ValueError(f"ids have {streams} streams, the model has {cfg.num_streams}")
         if frames > cfg.max_frames:
             raise ValueError(f"sequence of {frames} frames exceeds model.max_frames={cfg.max_frames}")
-        x = self.embed_frames(batch.ids)
-        if batch.continuous is not None:
-            x = self.inject_continuous(x, batch.continuous, batch.continuous_frames)
-        x = constrain(x, HIDDEN_AXES, self.rules)
+        x = self.embed_inputs(batch.ids, batch.continuous, batch.continuous_frames)
         x = self.decoder(x, batch.positions, batch.segment_ids)
         return self.final_norm(x)
+
+    def embed_inputs(self, ids: jax.Array, continuous: jax.Array | None = None,
+                     continuous_frames: jax.Array | None = None) -> jax.Array:
+        """Frame embeddings ``[batch, frames, hidden]`` with continuous features injected."""
+        x = self.embed_frames(ids)
+        if continuous is not None:
+            x = self.inject_continuous(x, continuous, continuous_frames)
+        return constrain(x, HIDDEN_AXES, self.rules)
+
+    def extend(self, ids: jax.Array, first: jax.Array, cache: KVCache, start: jax.Array,
+               continuous: jax.Array | None = None,
+               continuous_frames: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """Incremental forward: frames ``ids [batch, frames, streams]`` at cache slots
+        ``start ...`` of left-padded rows (row ``b`` starts at slot ``first [batch]``; see
+        :mod:`bagpiper_jax.model.kv_cache`). ``continuous_frames`` index these frames.
+
+        Returns final-norm hidden states ``[batch, frames, hidden]`` and the cache holding
+        the frames' keys/values.
+        """
+        frames = ids.shape[1]
+        positions = jnp.maximum(start + jnp.arange(frames)[None, :] - first[:, None], 0)
+        mask = cache_mask(first, start, frames, cache.slots)
+        x = self.embed_inputs(ids, continuous, continuous_frames)
+        x, cache = self.decoder.extend(x, positions, mask, cache, start)
+        return self.final_norm(x), cache
 
     def stream_logits(self, hidden: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Float32 logits, for inference and tests on short inputs.

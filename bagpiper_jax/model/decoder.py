@@ -2,19 +2,27 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from bagpiper_jax.config import ModelConfig
 from bagpiper_jax.model.attention import Attention
+from bagpiper_jax.model.kv_cache import KVCache
 from bagpiper_jax.model.mlp import MLP
 from bagpiper_jax.model.norm import RMSNorm
 from bagpiper_jax.sharding import Rules, constrain
 
 HIDDEN_AXES = ("activation_batch", "activation_length", "activation_embed")
 
+_policies = jax.checkpoint_policies
+# What the backward pass keeps from each layer's forward (the rest is recomputed); names are
+# the ``checkpoint_name`` s of :mod:`bagpiper_jax.model.attention`.
 REMAT_POLICIES = {
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": _policies.dots_with_no_batch_dims_saveable,  # every projection's output
+    "dots_attention": _policies.save_from_both_policies(  # ... and the attention kernel's output
+        _policies.dots_with_no_batch_dims_saveable, _policies.save_only_these_names("attention_out")),
+    "qkv_attention": _policies.save_only_these_names("query", "key", "value", "attention_out"),  # MLP recomputed
+    "full": _policies.nothing_saveable,
 }
 
 
@@ -29,7 +37,15 @@ class Block(nnx.Module):
         self.rules = rules
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        x = x + self.attn(self.attn_norm(x), positions, segment_ids)
+        return self.feed_forward(x + self.attn(self.attn_norm(x), positions, segment_ids))
+
+    def extend(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
+               start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The block over cached frames (see :meth:`Attention.extend`); returns ``(x, k, v)``."""
+        out, k, v = self.attn.extend(self.attn_norm(x), positions, mask, cache_k, cache_v, start)
+        return self.feed_forward(x + out), k, v
+
+    def feed_forward(self, x: jax.Array) -> jax.Array:
         x = x + self.mlp(self.mlp_norm(x))
         return constrain(x, HIDDEN_AXES, self.rules)
 
@@ -59,3 +75,22 @@ class Decoder(nnx.Module):
             step = jax.checkpoint(step, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
         x, _ = jax.lax.scan(step, x, stacked)
         return x
+
+    def extend(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache,
+               start: jax.Array) -> tuple[jax.Array, KVCache]:
+        """Runs frames ``x [batch, frames, hidden]`` at cache slots ``start ...`` through every
+        layer, attending over ``cache`` (``mask [batch, frames, slots]``), and stores their
+        keys/values there. One scan over the layers carrying the cache, updated in place."""
+        graphdef, stacked = nnx.split(self.blocks)
+
+        def step(carry, layer):
+            h, ck, cv = carry
+            layer_params, index = layer
+            h, k, v = nnx.merge(graphdef, layer_params).extend(h, positions, mask, ck[index], cv[index], start)
+            ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (index, 0, start, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (index, 0, start, 0, 0))
+            return (h, ck, cv), None
+
+        layers = cache.k.shape[0]
+        (x, k, v), _ = jax.lax.scan(step, (x, cache.k, cache.v), (stacked, jnp.arange(layers)))
+        return x, KVCache(k, v)

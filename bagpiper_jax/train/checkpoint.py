@@ -1,6 +1,7 @@
 """Orbax checkpoints of a training run: train state, data-iterator state, config + metadata.
 
-``<run_dir>/checkpoints/<step>/`` holds three items:
+``<checkpoint_dir>/<step>/`` (by default ``<run_dir>/checkpoints``; a ``gs://`` URL is
+written by Orbax directly) holds three items:
 
 - ``state``: the :class:`TrainState` (params, optimizer state, step), written by every
   process for its shards; restored onto whatever mesh the targets' shardings describe, so
@@ -18,14 +19,22 @@ from pathlib import Path
 
 import grain
 import orbax.checkpoint as ocp
+from etils import epath
 
 from bagpiper_jax.config import Config, to_dict
 from bagpiper_jax.train.state import TrainState
 
 
+def checkpoint_directory(cfg: Config) -> str:
+    """Where a run's checkpoints live: ``train.checkpoint_dir``, else ``<run_dir>/checkpoints``."""
+    return cfg.train.checkpoint_dir or str(Path(cfg.run_dir) / "checkpoints")
+
+
 class RunCheckpoints:
-    def __init__(self, run_dir: str | Path, keep: int, async_save: bool = True):
-        self.directory = Path(run_dir).absolute() / "checkpoints"
+    def __init__(self, directory: str | Path, keep: int, async_save: bool = True):
+        """``directory``: the checkpoint directory (local path or a URL such as ``gs://b/run``)."""
+        directory = str(directory)
+        self.directory = epath.Path(directory if "://" in directory else Path(directory).absolute())
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                create=True)
         self.manager = ocp.CheckpointManager(

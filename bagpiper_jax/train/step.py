@@ -24,8 +24,9 @@ from bagpiper_jax.model.step import BATCH_AXES
 from bagpiper_jax.sharding import Rules, logical_to_spec
 from bagpiper_jax.train.state import TrainState
 
-PIECE_AXES = {"mel": ("activation_batch", None, None, None), "mel_lengths": ("activation_batch", None),
-              "mel_clip_lengths": ("activation_batch", None), "mel_start": ("activation_batch", None)}
+PIECE_AXES = {"mel": ("activation_batch", None, None), "mel_offset": ("activation_batch", None),
+              "mel_lengths": ("activation_batch", None), "mel_clip_lengths": ("activation_batch", None),
+              "mel_start": ("activation_batch", None)}
 
 
 def batch_shardings(batch: dict, mesh: Mesh, rules: Rules) -> dict:
@@ -39,7 +40,7 @@ def model_batch(batch: dict, tower) -> Batch:
     continuous = frames = None
     if tower is not None:
         continuous, frames = encode_pieces(tower, batch["mel"], batch["mel_lengths"], batch["mel_clip_lengths"],
-                                           batch["mel_start"])
+                                           batch["mel_start"], batch["mel_offset"])
     return Batch(ids=batch["ids"], segment_ids=batch["segment_ids"], positions=batch["positions"],
                  loss_mask=batch["loss_mask"], continuous=continuous, continuous_frames=frames)
 
@@ -101,3 +102,13 @@ def jit_steps(train_step: Callable, eval_step: Callable, state_shardings: TrainS
     evaluate = jax.jit(eval_step, in_shardings=(state_shardings.params, tower_shardings, batch_sharding),
                        out_shardings=replicated)
     return train, evaluate
+
+
+def compiled_memory_gib(compiled) -> dict:
+    """Per-device argument / output / temp memory (GiB) of a compiled step, from XLA's
+    ``memory_analysis()`` ({} where the backend gives none)."""
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return {}
+    return {k.replace("_in_bytes", "_gib"): round(getattr(mem, k) / 2**30, 3)
+            for k in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes") if hasattr(mem, k)}

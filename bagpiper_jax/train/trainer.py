@@ -32,11 +32,12 @@ from bagpiper_jax.model.create import abstract_model, init_model
 from bagpiper_jax.model.flops import train_flops_per_frame
 from bagpiper_jax.model.loss import stream_metrics
 from bagpiper_jax.sharding import make_mesh, state_shardings
-from bagpiper_jax.train.checkpoint import RunCheckpoints
+from bagpiper_jax.train.checkpoint import RunCheckpoints, checkpoint_directory
 from bagpiper_jax.train.metrics_log import MetricsLog
 from bagpiper_jax.train.optimizer import learning_rate, make_optimizer
 from bagpiper_jax.train.state import abstract_state, init_state, train_state_shardings, with_shardings
-from bagpiper_jax.train.step import batch_shardings, jit_steps, make_eval_step, make_train_step
+from bagpiper_jax.train.step import (batch_shardings, compiled_memory_gib, jit_steps, make_eval_step,
+                                     make_train_step)
 from bagpiper_jax.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,8 @@ def load_frozen_encoder(cfg: Config, mesh) -> Frozen:
     if tower.config.output_dim != cfg.model.continuous_dim:
         raise DataError(f"audio encoder {cfg.model.audio_encoder} outputs {tower.config.output_dim} features but "
                         f"model.continuous_dim is {cfg.model.continuous_dim}")
-    if cfg.data.piece_frames % tower.config.window_frames:
-        raise DataError(f"data.piece_frames={cfg.data.piece_frames} must be a multiple of the encoder's attention "
+    if cfg.data.piece_frames != tower.config.window_frames:
+        raise DataError(f"data.piece_frames={cfg.data.piece_frames} must equal the encoder's attention "
                         f"window ({tower.config.window_frames} mel frames, n_window_infer)")
     graphdef, params = nnx.split(tower)
     return Frozen(graphdef, params, state_shardings(params, mesh, cfg.mesh.rules), tower.config.num_mel_bins)
@@ -73,7 +74,8 @@ def abstract_batch(cfg: Config, rows: int, mel_bins: int) -> dict:
     spec = jax.ShapeDtypeStruct
     return {"ids": spec((rows, d.row_frames, s), jnp.int32), "segment_ids": spec((rows, d.row_frames), jnp.int32),
             "positions": spec((rows, d.row_frames), jnp.int32), "loss_mask": spec((rows, d.row_frames, s), jnp.float32),
-            "mel": spec((rows, d.max_pieces_per_row, d.piece_frames, mel_bins), jnp.float32),
+            "mel": spec((rows, d.mel_frames_per_row, mel_bins), jnp.float32),
+            "mel_offset": spec((rows, d.max_pieces_per_row), jnp.int32),
             "mel_lengths": spec((rows, d.max_pieces_per_row), jnp.int32),
             "mel_clip_lengths": spec((rows, d.max_pieces_per_row), jnp.int32),
             "mel_start": spec((rows, d.max_pieces_per_row), jnp.int32)}
@@ -99,14 +101,6 @@ class Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def _device_memory_summary(compiled) -> dict:
-    mem = compiled.memory_analysis()
-    if mem is None:
-        return {}
-    return {k: round(getattr(mem, k) / 2**30, 3) for k in ("argument_size_in_bytes", "output_size_in_bytes",
-                                                          "temp_size_in_bytes") if hasattr(mem, k)}
-
-
 def train(cfg: Config, progress: bool = True) -> dict:
     """Runs (or resumes) training to ``cfg.train.steps``; returns a summary dict."""
     t_cfg, rules = cfg.train, cfg.mesh.rules
@@ -122,7 +116,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
     frozen = load_frozen_encoder(cfg, mesh)
     data = build_input(cfg.data, vocab, output_lengths, frozen.mel_bins, process_index=jax.process_index(),
                        process_count=jax.process_count())
-    ckpts = RunCheckpoints(cfg.run_dir, t_cfg.keep_checkpoints)
+    ckpts = RunCheckpoints(checkpoint_directory(cfg), t_cfg.keep_checkpoints)
     latest = ckpts.latest_step()
     frames_seen = 0
     if latest is not None:
@@ -146,7 +140,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
         t0 = time.perf_counter()
         compiled = train_step.lower(with_shardings(abstract, state_sh), frozen.params,
                                     with_shardings(example, batch_sh)).compile()
-        memory = _device_memory_summary(compiled)
+        memory = compiled_memory_gib(compiled)
     logs = MetricsLog(cfg.run_dir, enabled=main)
     if main:
         (logs.run_dir / "config_resolved.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))

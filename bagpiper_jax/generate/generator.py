@@ -1,0 +1,224 @@
+"""The Python API of generation: a :class:`Generator` built from a checkpoint and a config.
+
+    gen = Generator.from_checkpoint("runs/demo", load_config("configs/demo.yaml"))
+    gen.caption("clip.wav")                     # rich caption
+    gen.answer("clip.wav", "What kind of sound is this?")   # (caption, answer)
+    gen.generate_audio("A loud low sine tone.")  # (caption, 16 kHz float32 waveform)
+
+Caption-then-process: ``answer`` makes the model write the clip's rich caption, then
+(after ``<|eot|>``) the answer; ``generate_audio`` writes a rich caption of the
+description, then the audio. :meth:`Generator.generate` is the general entry point:
+several prompts, several samples each, any segment plan.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from bagpiper_jax.audio_encoder.checkpoint import load_tower
+from bagpiper_jax.config import Config, ConfigError
+from bagpiper_jax.convert.model_checkpoint import is_model_checkpoint
+from bagpiper_jax.data.prepare import Preparer
+from bagpiper_jax.generate.checkpoint import load_generation_params
+from bagpiper_jax.generate.decode import Decoded, Prompts, decode
+from bagpiper_jax.generate.output import Segment, audio_codes, split_segments, text_tokens
+from bagpiper_jax.generate.prompts import PromptError, PromptRows, prompt_rows, templated_prompt
+from bagpiper_jax.generate.rules import FREE, Rules, modality_plan
+from bagpiper_jax.model.continuous import encode_pieces
+from bagpiper_jax.sharding import logical_to_spec, make_mesh
+from bagpiper_jax.train.trainer import MEL_BINS_WITHOUT_ENCODER
+from bagpiper_jax.vocab import AUDIO, Vocab
+
+CACHE_ROUND = 64  # cache slots are rounded up to this (fewer compiled shapes)
+
+
+@dataclasses.dataclass
+class Answer:
+    """One generated answer: ``parts`` are ``("text", str)`` / ``("audio", float32 wav)``
+    in order; ``finished`` is False when the cache filled before ``<|eos|>``."""
+
+    parts: list[tuple[str, str | np.ndarray]]
+    finished: bool
+    frames: int
+
+    def texts(self) -> list[str]:
+        return [p for kind, p in self.parts if kind == "text"]
+
+    def audios(self) -> list[np.ndarray]:
+        return [p for kind, p in self.parts if kind == "audio"]
+
+
+@dataclasses.dataclass
+class Generation:
+    """``answers[prompt][sample]`` plus timing: frames decoded over all answers, seconds of
+    the jitted decode (compile excluded; ``compile_s`` separate)."""
+
+    answers: list[list[Answer]]
+    frames: int
+    decode_s: float
+    compile_s: float
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.decode_s if self.decode_s > 0 else math.inf
+
+
+@dataclasses.dataclass
+class _Encoder:
+    """The frozen audio tower: ``encode(params, mel, lengths, clip_lengths, start)`` (jitted
+    :func:`~bagpiper_jax.model.continuous.encode_pieces`), its params and mel bins."""
+
+    encode: Callable
+    params: nnx.State
+    mel_bins: int
+
+
+def _resolve_module_dirs(cfg: Config, checkpoint: Path) -> Config:
+    """Fills ``data.codec`` / ``model.audio_encoder`` from a model checkpoint's own copies
+    when the config leaves them empty."""
+    data, model = cfg.data, cfg.model
+    if is_model_checkpoint(checkpoint):
+        if not data.codec and (checkpoint / "codec").is_dir():
+            data = dataclasses.replace(data, codec=str(checkpoint / "codec"))
+        if not model.audio_encoder and (checkpoint / "audio_encoder").is_dir():
+            model = dataclasses.replace(model, audio_encoder=str(checkpoint / "audio_encoder"))
+    return dataclasses.replace(cfg, data=data, model=model)
+
+
+class Generator:
+    """Holds the model params, tokenizer, codec and audio tower for generation."""
+
+    def __init__(self, cfg: Config, graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh):
+        self.cfg, self.mesh = cfg, mesh
+        self.vocab = Vocab.from_config(cfg.model)
+        self.graphdef, self.params = graphdef, params
+        self.preparer = Preparer(cfg)  # tokenizer, codec, log-mel: exactly as in training data
+        self.tower = None
+        if cfg.model.audio_encoder:
+            tower = load_tower(cfg.model.audio_encoder, jnp.dtype(cfg.model.encoder_dtype), mesh, cfg.mesh.rules)
+            if tower.config.output_dim != cfg.model.continuous_dim:
+                raise ConfigError(f"audio encoder {cfg.model.audio_encoder} outputs {tower.config.output_dim} "
+                                  f"features but model.continuous_dim is {cfg.model.continuous_dim}")
+            tower_def, tower_params = nnx.split(tower)
+            self.tower = _Encoder(jax.jit(lambda p, *mel: encode_pieces(nnx.merge(tower_def, p), *mel)),
+                                  tower_params, tower.config.num_mel_bins)
+        spec = logical_to_spec(("activation_batch",), cfg.mesh.rules)
+        self.row_multiple = math.prod(mesh.shape[a] for a in jax.tree.leaves(tuple(spec)))
+        self.batch_sharding = NamedSharding(mesh, spec)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, cfg: Config, mesh: Mesh | None = None) -> "Generator":
+        """Params from ``checkpoint`` (model checkpoint, run directory or run step) on ``mesh``
+        (default: ``cfg.mesh`` over all devices)."""
+        checkpoint = Path(checkpoint).absolute()
+        cfg = _resolve_module_dirs(cfg, checkpoint)
+        mesh = make_mesh(cfg.mesh) if mesh is None else mesh
+        graphdef, params = load_generation_params(checkpoint, cfg, mesh)
+        return cls(cfg, graphdef, params, mesh)
+
+    def generate(self, prompts: Sequence[Sequence[tuple[str, str, str]]], modalities: Sequence[str | None] = (),
+                 samples: int | None = None, seed: int | None = None, guidance: bool | None = None) -> Generation:
+        """Answers every prompt ``samples`` times (default ``generate.samples``).
+
+        Args:
+          prompts: each a list of ``(role, modality, content)`` user/system messages (audio
+            content: a file path).
+          modalities: the answer's segment plan, e.g. ``("text", "audio")``; ``None`` entries
+            and an empty plan let the model choose (up to ``generate.max_segments``).
+          seed: PRNG seed (default ``generate.seed``).
+          guidance: classifier-free guidance on audio (default: when the scale is not 1 and
+            the plan allows audio).
+        """
+        gcfg = self.cfg.generate
+        samples = gcfg.samples if samples is None else samples
+        if samples <= 0:
+            raise ValueError(f"samples must be positive, got {samples}")
+        plan = modality_plan(modalities)
+        rules = Rules(self.vocab, gcfg, plan)
+        if guidance is None:
+            guidance = gcfg.audio_cfg_scale != 1.0 and (not plan or any(m in (AUDIO, FREE) for m in plan))
+        mel_bins = self.tower.mel_bins if self.tower else MEL_BINS_WITHOUT_ENCODER
+        templated = [templated_prompt(self.preparer, p, mel_bins, f"prompt {i}") for i, p in enumerate(prompts)]
+        if not templated:
+            raise PromptError("no prompts given")
+        rows = prompt_rows(templated, samples, self.row_multiple)
+        prompt_frames = rows.ids.shape[1]
+        if prompt_frames >= self.cfg.model.max_frames:
+            raise PromptError(f"the prompt has {prompt_frames} frames, model.max_frames is {self.cfg.model.max_frames}")
+        slots = min(self.cfg.model.max_frames,
+                    -(-(prompt_frames + gcfg.max_new_frames) // CACHE_ROUND) * CACHE_ROUND)
+        model_prompts = self._model_prompts(rows)
+        key = jax.random.key(gcfg.seed if seed is None else seed)
+        with jax.set_mesh(self.mesh):
+            t0 = time.perf_counter()
+            scale = jnp.float32(gcfg.audio_cfg_scale) if guidance else None
+            compiled = decode.lower(self.graphdef, self.params, model_prompts, key, scale, rules=rules,
+                                    slots=slots).compile()
+            t1 = time.perf_counter()
+            out = jax.block_until_ready(compiled(self.params, model_prompts, key, scale))
+            t2 = time.perf_counter()
+        answers = self._answers(out, rows, len(templated), samples)
+        frames = sum(a.frames for per_prompt in answers for a in per_prompt)
+        return Generation(answers, frames, t2 - t1, t1 - t0)
+
+    def _model_prompts(self, rows: PromptRows) -> Prompts:
+        put = lambda x: jax.device_put(jnp.asarray(x), self.batch_sharding)  # noqa: E731
+        continuous = frames = None
+        if rows.mel.shape[1] and rows.mel_lengths.any():
+            if self.tower is None:
+                raise PromptError("the prompt holds audio but model.audio_encoder is not set")
+            with jax.set_mesh(self.mesh):
+                continuous, frames = self.tower.encode(self.tower.params, put(rows.mel), put(rows.mel_lengths),
+                                                       put(rows.mel_clip_lengths), put(rows.mel_start))
+        return Prompts(put(rows.ids), put(rows.first), continuous, frames)
+
+    def _answers(self, out: Decoded, rows: PromptRows, prompts: int, samples: int) -> list[list[Answer]]:
+        frames, end, finished = (np.asarray(x) for x in (out.frames, out.end, out.finished))
+        start = rows.ids.shape[1]
+        segments = {r: split_segments(frames[r], start, int(end[r])) for r in range(len(rows.prompt))
+                    if rows.prompt[r] >= 0}
+        audio = [(r, i, audio_codes(s, self.vocab)) for r, segs in segments.items() for i, s in enumerate(segs)
+                 if s.modality == "audio"]
+        nonempty = [(r, i, c) for r, i, c in audio if len(c)]
+        wavs = dict(zip([(r, i) for r, i, _ in nonempty], self.preparer.codec.decode([c for _, _, c in nonempty])))
+        answers: list[list[Answer]] = [[] for _ in range(prompts)]
+        for r, segs in segments.items():
+            parts = [self._part(s, wavs.get((r, i))) for i, s in enumerate(segs)]
+            answers[rows.prompt[r]].append(Answer(parts, bool(finished[r]), int(end[r]) - start))
+        return answers
+
+    def _part(self, segment: Segment, wav: np.ndarray | None) -> tuple[str, str | np.ndarray]:
+        if segment.modality == "text":
+            return "text", self.preparer.tokenizer.decode(text_tokens(segment, self.vocab))
+        return "audio", np.zeros((0,), np.float32) if wav is None else wav
+
+    def caption(self, audio: str | Path) -> str:
+        """The rich caption of an audio file."""
+        return self._first(self.generate([[("user", "audio", str(audio))]], ("text",), samples=1)).texts()[0]
+
+    def answer(self, audio: str | Path, question: str) -> tuple[str, str]:
+        """Caption-then-answer: ``(rich caption, answer)`` for a question about an audio file."""
+        texts = self._first(self.generate([[("user", "audio", str(audio)), ("user", "text", question)]],
+                                          ("text", "text"), samples=1)).texts()
+        return texts[0], texts[1] if len(texts) > 1 else ""
+
+    def generate_audio(self, description: str, caption_first: bool = True) -> tuple[str | None, np.ndarray]:
+        """Audio for a description: ``(rich caption or None, 16 kHz float32 waveform)``;
+        with ``caption_first`` the model writes the rich caption before the audio."""
+        plan = ("text", "audio") if caption_first else ("audio",)
+        answer = self._first(self.generate([[("user", "text", description)]], plan, samples=1))
+        audios = answer.audios()
+        return (answer.texts()[0] if caption_first else None), audios[0] if audios else np.zeros((0,), np.float32)
+
+    @staticmethod
+    def _first(generation: Generation) -> Answer:
+        return generation.answers[0][0]

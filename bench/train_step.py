@@ -1,0 +1,112 @@
+"""Step time, frames/s and MFU of the real train step (``bagpiper_jax.train.step``) for a
+config; one JSON line.
+
+The step is exactly what ``bagpiper-train`` runs: multi-stream embedding, packed rows (two
+segments each) with segment-isolated attention, chunked stream-0 loss, streams 1-7
+audio-range loss, backward, gradient accumulation per ``train.grad_accum``, global-norm
+clip and AdamW with the config's schedule, donated sharded state, compiled ahead of time.
+The batch is synthetic (``bagpiper_jax.model.synthetic``), so no data or encoder is read;
+continuous-audio pieces are left empty. MFU = model FLOPs (``train_flops_per_frame``,
+attention and the heads included) x frames/s / (peak per device x devices).
+
+    python bench/train_step.py --config configs/tiny.yaml --seq 256 --rows 8 --peak 1e12    # CPU
+    python bench/train_step.py --config configs/8b.yaml --layers 8 --seq 4096 --rows 1 model.attention=cudnn  # GPU
+"""
+import argparse
+import json
+import time
+
+import jax
+import numpy as np
+
+from bagpiper_jax.config import load_config
+from bagpiper_jax.model.create import abstract_model, init_model
+from bagpiper_jax.model.flops import train_flops_per_frame
+from bagpiper_jax.model.synthetic import synthetic_batch
+from bagpiper_jax.sharding import make_mesh
+from bagpiper_jax.train.optimizer import learning_rate, make_optimizer
+from bagpiper_jax.train.state import abstract_state, init_state, train_state_shardings, with_shardings
+from bagpiper_jax.train.step import batch_shardings, compiled_memory_gib, make_train_step
+from bagpiper_jax.train.trainer import MEL_BINS_WITHOUT_ENCODER, abstract_batch
+from bagpiper_jax.vocab import Vocab
+
+
+def parse_args(argv=None, **defaults):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/tiny.yaml")
+    p.add_argument("--layers", type=int, default=0, help="override model.layers")
+    p.add_argument("--seq", type=int, default=0, help="frames per row (default: data.row_frames)")
+    p.add_argument("--rows", type=int, default=0, help="rows per device (default: data.batch_rows / devices)")
+    p.add_argument("--steps", type=int, default=8, help="timed steps (after one warm-up step)")
+    p.add_argument("--peak", type=float, default=0.0, help="peak FLOP/s per device (default: train.peak_flops)")
+    p.add_argument("overrides", nargs="*", help="config overrides, key.path=value")
+    p.set_defaults(**defaults)
+    return p.parse_args(argv)
+
+
+def host_batch(cfg, rows: int) -> dict:
+    """A pipeline-format batch (the dict ``bagpiper_jax.data.pipeline`` yields) of synthetic
+    packed rows; the continuous-piece arrays are zero (no pieces)."""
+    b = synthetic_batch(Vocab.from_config(cfg.model), rows, cfg.data.row_frames, cfg.seed)
+    pieces = {k: np.zeros(v.shape, v.dtype) for k, v in abstract_batch(cfg, rows, MEL_BINS_WITHOUT_ENCODER).items()
+              if k.startswith("mel")}
+    return {"ids": b.ids, "segment_ids": b.segment_ids, "positions": b.positions, "loss_mask": b.loss_mask,
+            **pieces}
+
+
+def measure(args) -> dict:
+    devices = jax.device_count()
+    overrides = [f"model.layers={args.layers}"] * bool(args.layers) + [
+        f"data.row_frames={args.seq}"] * bool(args.seq) + [
+        f"data.batch_rows={args.rows * devices}"] * bool(args.rows) + list(args.overrides)
+    cfg = load_config(args.config, overrides)
+    if cfg.data.row_frames > cfg.model.max_frames:
+        cfg = load_config(args.config, [*overrides, f"model.max_frames={cfg.data.row_frames}"])
+    peak = args.peak or cfg.train.peak_flops
+    mesh, rules = make_mesh(cfg.mesh), cfg.mesh.rules
+    tx = make_optimizer(cfg.train)
+    graphdef, abstract_params = abstract_model(cfg.model, rules)
+    abstract = abstract_state(abstract_params, tx)
+    state_sh = train_state_shardings(abstract, mesh, rules)
+    rows = cfg.data.batch_rows
+    batch = host_batch(cfg, rows)
+    batch_sh = batch_shardings(batch, mesh, rules)
+    step = jax.jit(make_train_step(graphdef, None, tx, learning_rate(cfg.train), cfg.train.grad_accum),
+                   in_shardings=(state_sh, None, batch_sh),
+                   out_shardings=(state_sh, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())),
+                   donate_argnums=(0,))
+    state = init_state(init_model(cfg.model, mesh, rules, cfg.seed)[1], tx, state_sh)
+    batch = jax.device_put(batch, batch_sh)
+    with jax.set_mesh(mesh):
+        t0 = time.perf_counter()
+        compiled = step.lower(with_shardings(abstract, state_sh), None, with_shardings(
+            jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch), batch_sh)).compile()
+        compile_s = time.perf_counter() - t0
+        state, metrics = compiled(state, None, batch)  # warm-up
+        jax.block_until_ready(metrics)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            state, metrics = compiled(state, None, batch)
+        jax.block_until_ready(metrics)
+        step_s = (time.perf_counter() - t0) / args.steps
+    frames = rows * cfg.data.row_frames
+    flops = train_flops_per_frame(cfg.model, cfg.data.row_frames) * frames
+    stats = jax.devices()[0].memory_stats() or {}
+    m = cfg.model
+    return {
+        "what": "bagpiper_train_step", "device": jax.devices()[0].device_kind, "devices": devices,
+        "mesh": dict(mesh.shape), "layers": m.layers, "hidden": m.hidden, "seq": cfg.data.row_frames,
+        "rows_per_device": rows / devices, "grad_accum": cfg.train.grad_accum, "remat": m.remat,
+        "attention": m.attention, "dtype": m.dtype, "loss_chunk": m.loss_chunk, "compile_s": round(compile_s, 1),
+        "compiled_memory_gib": compiled_memory_gib(compiled), "step_s": round(step_s, 4),
+        "frames_per_s": round(frames / step_s, 1), "mfu": round(flops / step_s / (peak * devices), 4),
+        "peak_flops_per_device": peak, "peak_memory_gib": round(stats.get("peak_bytes_in_use", 0) / 2**30, 2),
+        "loss": float(metrics["loss"])}
+
+
+def main(argv=None, **defaults):
+    print(json.dumps(measure(parse_args(argv, **defaults))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
