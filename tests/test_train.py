@@ -23,27 +23,27 @@ def losses(run_dir):
 
 
 def test_loss_falls_and_a_restart_resumes_bit_identically(demo_root, tmp_path):
-    common = ["train.steps=30", "train.log_every=1", "train.eval_every=30", "train.checkpoint_every=15",
-              "train.warmup_steps=5", "train.decay_steps=30"]
+    common = ["train.steps=48", "train.log_every=1", "train.eval_every=48", "train.checkpoint_every=24",
+              "train.warmup_steps=5", "train.decay_steps=48"]
     summary = train(demo_config(demo_root, f"run_dir={tmp_path}/a", *common), progress=False)
     curve = losses(tmp_path / "a")
-    first, last = np.mean([curve[s] for s in (1, 2, 3)]), np.mean([curve[s] for s in (28, 29, 30)])
+    first, last = np.mean([curve[s] for s in (1, 2, 3)]), np.mean([curve[s] for s in (46, 47, 48)])
     print(f"demo loss {first:.3f} -> {last:.3f}")
     assert last < 0.6 * first
-    assert summary["step"] == 30 and (tmp_path / "a" / "loss_curve.png").is_file()
+    assert summary["step"] == 48 and (tmp_path / "a" / "loss_curve.png").is_file()
     assert list((tmp_path / "a" / "tensorboard").iterdir())
     records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert {"lr", "grad_norm", "frames_per_s", "mfu", "stream_accuracy/7"} <= set(records[0])
     assert any("eval/loss" in r for r in records)
-    # A run holding only the step-15 checkpoint (in a train.checkpoint_dir outside its run
-    # directory) resumes and reproduces steps 16..30 exactly.
-    shutil.copytree(tmp_path / "a" / "checkpoints" / "15", tmp_path / "b_ckpts" / "15")
+    # A run holding only the step-24 checkpoint (in a train.checkpoint_dir outside its run
+    # directory) resumes and reproduces steps 25..48 exactly.
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "24", tmp_path / "b_ckpts" / "24")
     train(demo_config(demo_root, f"run_dir={tmp_path}/b", f"train.checkpoint_dir={tmp_path}/b_ckpts", *common),
           progress=False)
-    assert (tmp_path / "b_ckpts" / "30").is_dir() and not (tmp_path / "b" / "checkpoints").exists()
+    assert (tmp_path / "b_ckpts" / "48").is_dir() and not (tmp_path / "b" / "checkpoints").exists()
     resumed = losses(tmp_path / "b")
-    assert min(resumed) == 16
-    assert [resumed[s] for s in range(16, 31)] == [curve[s] for s in range(16, 31)]  # bit-identical
+    assert min(resumed) == 25
+    assert [resumed[s] for s in range(25, 49)] == [curve[s] for s in range(25, 49)]  # bit-identical
 
 
 def test_restore_onto_another_mesh(demo_root, tmp_path):

@@ -59,6 +59,14 @@ class XCodec(nnx.Module):
           codes ``[batch, frames, num_quantizers]`` int32 (``-1`` past each clip's frames)
           and the frame count of each clip ``[batch]``.
         """
+        embeddings, frames = self.latents(wav, lengths)
+        codes = self.quantizer.encode(embeddings, num_quantizers)
+        return time_mask(codes + 1, frames) - 1, frames
+
+    def latents(self, wav: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The quantizer's input ``[batch, frames, codebook_dim]`` (semantic + acoustic
+        features through ``fc``) and each clip's frame count ``[batch]``; arguments as
+        :meth:`encode`."""
         wav = time_mask(wav, lengths)
         semantic_wav = jnp.pad(wav, ((0, 0), (self.pad, self.pad)))
         features, frames = self.semantic_model(semantic_wav, lengths + 2 * self.pad)
@@ -72,9 +80,7 @@ class XCodec(nnx.Module):
         if e_acoustic.shape[1] < num:
             raise ValueError(f"acoustic encoder gives {e_acoustic.shape[1]} frames for {wav.shape[1]} samples, "
                              f"fewer than the {num} semantic frames")
-        embeddings = self.fc(jnp.concatenate([e_acoustic[:, :num], e_semantic], axis=-1))
-        codes = self.quantizer.encode(embeddings, num_quantizers)
-        return time_mask(codes + 1, frames) - 1, frames
+        return self.fc(jnp.concatenate([e_acoustic[:, :num], e_semantic], axis=-1)), frames
 
     def quantized(self, codes: jax.Array, frames: jax.Array) -> jax.Array:
         """Codes ``[batch, frames, n]`` (only the first ``frames [batch]`` of each clip are

@@ -15,14 +15,18 @@ import math
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from bagpiper_jax.audio_io import load_audio
 from bagpiper_jax.config import Config
 from bagpiper_jax.data.demo_corpus import captions, write_demo_corpus
 from bagpiper_jax.data.prepare import prepare_manifest
 from bagpiper_jax.data.text_tokenizer import train_byte_bpe
 
 log = logging.getLogger(__name__)
+CODEC_CALIBRATION_CLIPS = 48
 
 
 def tiny_codec_config():
@@ -41,11 +45,27 @@ def tiny_encoder_config(output_dim: int, window: int):
                               downsample_hidden_size=8, output_dim=output_dim, n_window_infer=window)
 
 
-def write_random_codec(directory: str | Path, seed: int = 0):
+def write_random_codec(directory: str | Path, calibration: list[np.ndarray], seed: int = 0):
+    """A random tiny XCodec whose codes follow the audio.
+
+    Random codebooks sit far from the random encoder's latents, so every frame would map
+    to the same entries. As XCodec's k-means codebook init does, each quantizer's entries
+    are drawn from the residuals it sees on ``calibration`` clips (16 kHz float arrays).
+    """
     from bagpiper_jax.codec.checkpoint import params_from_model, save_codec
     from bagpiper_jax.codec.xcodec import XCodec
     cfg = tiny_codec_config()
     model = XCodec(cfg, rngs=nnx.Rngs(seed))
+    lengths = np.asarray([len(w) for w in calibration], np.int32)
+    batch = np.stack([np.pad(w, (0, lengths.max() - len(w))) for w in calibration]).astype(np.float32)
+    graphdef, state = nnx.split(model)
+    x, frames = jax.jit(lambda s, w, n: nnx.merge(graphdef, s).latents(w, n))(state, batch, lengths)
+    residual = np.concatenate([np.asarray(x[i, :f]) for i, f in enumerate(np.asarray(frames))])
+    rng = np.random.default_rng(seed)
+    for q in model.quantizer.quantizers:
+        entries = residual[rng.choice(len(residual), cfg.codebook_size, replace=len(residual) < cfg.codebook_size)]
+        q.codebook.embed[...] = jnp.asarray(entries)
+        residual = residual - entries[np.asarray(q.codebook.encode(jnp.asarray(residual)))]
     save_codec(directory, cfg, params_from_model(model))
 
 
@@ -78,7 +98,8 @@ def ensure_demo_prepared(cfg: Config, examples: int = 400, heldout: int = 40) ->
     if not Path(cfg.data.tokenizer).is_file():
         train_byte_bpe(captions(corpus / "manifest.jsonl"), min(512, cfg.model.text_vocab_size), cfg.data.tokenizer)
     if not (Path(cfg.data.codec) / "config.json").is_file():
-        write_random_codec(cfg.data.codec, cfg.seed)
+        clips = sorted((corpus / "wav").glob("*.wav"))[:CODEC_CALIBRATION_CLIPS]
+        write_random_codec(cfg.data.codec, [load_audio(c) for c in clips], cfg.seed)
     if cfg.model.audio_encoder and not (Path(cfg.model.audio_encoder) / "config.json").is_file():
         write_random_encoder(cfg.model.audio_encoder, cfg.model.continuous_dim, cfg.data.piece_frames, cfg.seed)
     for manifest, out in (("manifest.jsonl", cfg.data.prepared), ("heldout.jsonl", cfg.data.eval_prepared)):
