@@ -19,8 +19,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host compiles; the TPU devi
 from bagpiper_jax.config import load_config  # noqa: E402
 from bagpiper_jax.model.flops import train_flops_per_frame  # noqa: E402
 from bagpiper_jax.sharding import make_mesh  # noqa: E402
-from bagpiper_jax.train.aot import abstract_encoder, compile_train_step, device_memory_gib, tpu_devices  # noqa: E402
-from bagpiper_jax.train.trainer import Frozen  # noqa: E402
+from bagpiper_jax.train.aot import abstract_encoder, device_memory_gib, tpu_devices  # noqa: E402
+from bagpiper_jax.train.program import Frozen, build_program  # noqa: E402
 
 # HBM per chip (GiB, the figures Google publishes) by jax device_kind.
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
@@ -37,7 +37,7 @@ def main(argv=None):
     devices = tpu_devices(args.topology)
     mesh = make_mesh(cfg.mesh, devices)
     frozen = Frozen() if args.no_encoder else abstract_encoder(mesh, cfg.mesh.rules, dtype=cfg.model.encoder_dtype)
-    compiled, seconds = compile_train_step(cfg, mesh, frozen)
+    compiled, seconds = build_program(cfg, mesh, frozen).compile()
     m, d = cfg.model, cfg.data
     kind = devices[0].device_kind
     print(json.dumps({

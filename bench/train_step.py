@@ -20,14 +20,13 @@ import jax
 import numpy as np
 
 from bagpiper_jax.config import load_config
-from bagpiper_jax.model.create import abstract_model, init_model
+from bagpiper_jax.model.create import init_model
 from bagpiper_jax.model.flops import train_flops_per_frame
 from bagpiper_jax.model.synthetic import synthetic_batch
 from bagpiper_jax.sharding import make_mesh
-from bagpiper_jax.train.optimizer import learning_rate, make_optimizer
-from bagpiper_jax.train.state import abstract_state, init_state, train_state_shardings, with_shardings
-from bagpiper_jax.train.step import batch_shardings, compiled_memory_gib, make_train_step
-from bagpiper_jax.train.trainer import MEL_BINS_WITHOUT_ENCODER, abstract_batch
+from bagpiper_jax.train.program import MEL_BINS_WITHOUT_ENCODER, abstract_batch, build_program
+from bagpiper_jax.train.state import init_state
+from bagpiper_jax.train.step import compiled_memory_gib
 from bagpiper_jax.vocab import Vocab
 
 
@@ -63,25 +62,13 @@ def measure(args) -> dict:
     if cfg.data.row_frames > cfg.model.max_frames:
         cfg = load_config(args.config, [*overrides, f"model.max_frames={cfg.data.row_frames}"])
     peak = args.peak or cfg.train.peak_flops
-    mesh, rules = make_mesh(cfg.mesh), cfg.mesh.rules
-    tx = make_optimizer(cfg.train)
-    graphdef, abstract_params = abstract_model(cfg.model, rules)
-    abstract = abstract_state(abstract_params, tx)
-    state_sh = train_state_shardings(abstract, mesh, rules)
+    mesh = make_mesh(cfg.mesh)
+    program = build_program(cfg, mesh)
     rows = cfg.data.batch_rows
-    batch = host_batch(cfg, rows)
-    batch_sh = batch_shardings(batch, mesh, rules)
-    step = jax.jit(make_train_step(graphdef, None, tx, learning_rate(cfg.train), cfg.train.grad_accum),
-                   in_shardings=(state_sh, None, batch_sh),
-                   out_shardings=(state_sh, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())),
-                   donate_argnums=(0,))
-    state = init_state(init_model(cfg.model, mesh, rules, cfg.seed)[1], tx, state_sh)
-    batch = jax.device_put(batch, batch_sh)
+    state = init_state(init_model(cfg.model, mesh, cfg.mesh.rules, cfg.seed)[1], program.tx, program.state_shardings)
+    batch = jax.device_put(host_batch(cfg, rows), program.batch_shardings)
+    compiled, compile_s = program.compile()
     with jax.set_mesh(mesh):
-        t0 = time.perf_counter()
-        compiled = step.lower(with_shardings(abstract, state_sh), None, with_shardings(
-            jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch), batch_sh)).compile()
-        compile_s = time.perf_counter() - t0
         state, metrics = compiled(state, None, batch)  # warm-up
         jax.block_until_ready(metrics)
         t0 = time.perf_counter()

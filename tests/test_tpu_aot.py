@@ -11,7 +11,8 @@ import pytest
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
 from bagpiper_jax.config import load_config
 from bagpiper_jax.sharding import make_mesh
-from bagpiper_jax.train.aot import abstract_encoder, compile_train_step, device_memory_gib, tpu_devices
+from bagpiper_jax.train.aot import abstract_encoder, device_memory_gib, tpu_devices
+from bagpiper_jax.train.program import build_program
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -47,7 +48,7 @@ def test_tiny_train_step_compiles_for_v5p_with_fsdp_tensor_and_splash():
                                downsample_hidden_size=8, output_dim=16, n_window_infer=200)
     # conftest sets "highest" matmul precision; Mosaic rejects fp32 contraction on bf16 operands.
     with jax.default_matmul_precision("default"):
-        compiled, _ = compile_train_step(cfg, mesh, abstract_encoder(mesh, cfg.mesh.rules, tower))
+        compiled, _ = build_program(cfg, mesh, abstract_encoder(mesh, cfg.mesh.rules, tower)).compile()
     assert "tpu_custom_call" in compiled.as_text()  # the Splash (Mosaic) kernel, not XLA attention
     memory = device_memory_gib(compiled)
     assert 0 < memory["total_gib"] < 1

@@ -35,7 +35,7 @@ from bagpiper_jax.generate.prompts import PromptError, PromptRows, prompt_rows, 
 from bagpiper_jax.generate.rules import FREE, Rules, modality_plan
 from bagpiper_jax.model.continuous import encode_pieces
 from bagpiper_jax.sharding import logical_to_spec, make_mesh
-from bagpiper_jax.train.trainer import MEL_BINS_WITHOUT_ENCODER
+from bagpiper_jax.train.program import MEL_BINS_WITHOUT_ENCODER
 from bagpiper_jax.vocab import AUDIO, Vocab
 
 CACHE_ROUND = 64  # cache slots are rounded up to this (fewer compiled shapes)

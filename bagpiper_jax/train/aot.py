@@ -3,18 +3,17 @@
 Nothing is allocated: the train state, the frozen audio tower and the batch are
 ``jax.ShapeDtypeStruct`` s carrying their shardings, so the 8B step compiles on a CPU host,
 including for a TPU pod slice described by :func:`tpu_devices` (compile-only devices from
-``libtpu``; no TPU needed). The compiled step's ``memory_analysis()`` gives per-device HBM.
+``libtpu``; no TPU needed); the step is :func:`bagpiper_jax.train.program.build_program`. The compiled step's ``memory_analysis()`` gives per-device HBM.
 
     devices = tpu_devices("v5p:4x4x8")
     mesh = make_mesh(cfg.mesh, devices)
-    compiled, seconds = compile_train_step(cfg, mesh, abstract_encoder(mesh, cfg.mesh.rules))
+    compiled, seconds = build_program(cfg, mesh, abstract_encoder(mesh, cfg.mesh.rules)).compile()
     device_memory_gib(compiled)  # {"argument_gib": ..., "temp_gib": ..., "total_gib": ...}
 """
 from __future__ import annotations
 
 import importlib.util
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -23,13 +22,10 @@ from jax.sharding import Mesh
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
 from bagpiper_jax.audio_encoder.tower import abstract_tower
-from bagpiper_jax.config import Config
-from bagpiper_jax.model.create import abstract_model
 from bagpiper_jax.sharding import Rules, state_shardings
-from bagpiper_jax.train.optimizer import learning_rate, make_optimizer
-from bagpiper_jax.train.state import abstract_state, train_state_shardings, with_shardings
-from bagpiper_jax.train.step import batch_shardings, compiled_memory_gib, jit_steps, make_eval_step, make_train_step
-from bagpiper_jax.train.trainer import Frozen, abstract_batch
+from bagpiper_jax.train.state import with_shardings
+from bagpiper_jax.train.step import compiled_memory_gib
+from bagpiper_jax.train.program import Frozen
 
 
 def tpu_devices(topology: str) -> list[jax.Device]:
@@ -54,27 +50,6 @@ def abstract_encoder(mesh: Mesh, rules: Rules, config: AudioEncoderConfig = Audi
     graphdef, params = nnx.split(abstract_tower(config, jnp.dtype(dtype)))
     shardings = state_shardings(params, mesh, rules)
     return Frozen(graphdef, with_shardings(params, shardings), shardings, config.num_mel_bins)
-
-
-def compile_train_step(cfg: Config, mesh: Mesh, frozen: Frozen = Frozen()):
-    """The train step ``bagpiper-train`` runs (optimizer update and donated state included)
-    for ``data.batch_rows`` rows of ``data.row_frames`` frames, lowered and compiled on
-    abstract inputs. Returns ``(compiled, seconds)``."""
-    rules = cfg.mesh.rules
-    tx = make_optimizer(cfg.train)
-    graphdef, abstract_params = abstract_model(cfg.model, rules)
-    abstract = abstract_state(abstract_params, tx)
-    state_sh = train_state_shardings(abstract, mesh, rules)
-    example = abstract_batch(cfg, cfg.data.batch_rows, frozen.mel_bins)
-    batch_sh = batch_shardings(example, mesh, rules)
-    train_step, _ = jit_steps(make_train_step(graphdef, frozen.graphdef, tx, learning_rate(cfg.train),
-                                              cfg.train.grad_accum),
-                              make_eval_step(graphdef, frozen.graphdef), state_sh, frozen.shardings, batch_sh, mesh)
-    with jax.set_mesh(mesh):
-        start = time.perf_counter()
-        compiled = train_step.lower(with_shardings(abstract, state_sh), frozen.params,
-                                    with_shardings(example, batch_sh)).compile()
-    return compiled, time.perf_counter() - start
 
 
 def device_memory_gib(compiled) -> dict:

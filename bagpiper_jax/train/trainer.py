@@ -22,65 +22,23 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from tqdm import tqdm
 
 from bagpiper_jax.audio_encoder.config import output_lengths
 from bagpiper_jax.config import Config
 from bagpiper_jax.data.pipeline import DataError, build_input, to_global_arrays
-from bagpiper_jax.model.create import abstract_model, init_model
+from bagpiper_jax.model.create import init_model
 from bagpiper_jax.model.flops import train_flops_per_frame
 from bagpiper_jax.model.loss import stream_metrics
-from bagpiper_jax.sharding import make_mesh, state_shardings
+from bagpiper_jax.sharding import make_mesh
 from bagpiper_jax.train.checkpoint import RunCheckpoints, checkpoint_directory
 from bagpiper_jax.train.metrics_log import MetricsLog
-from bagpiper_jax.train.optimizer import learning_rate, make_optimizer
-from bagpiper_jax.train.state import abstract_state, init_state, train_state_shardings, with_shardings
-from bagpiper_jax.train.step import (batch_shardings, compiled_memory_gib, jit_steps, make_eval_step,
-                                     make_train_step)
+from bagpiper_jax.train.program import Frozen, build_program, load_frozen_encoder
+from bagpiper_jax.train.state import init_state, with_shardings
+from bagpiper_jax.train.step import compiled_memory_gib
 from bagpiper_jax.vocab import Vocab
 
 log = logging.getLogger(__name__)
-MEL_BINS_WITHOUT_ENCODER = 128
-
-
-@dataclasses.dataclass
-class Frozen:
-    """The frozen audio tower split for the jitted steps (all None without an encoder)."""
-
-    graphdef: nnx.GraphDef | None = None
-    params: nnx.State | None = None
-    shardings: nnx.State | None = None
-    mel_bins: int = MEL_BINS_WITHOUT_ENCODER
-
-
-def load_frozen_encoder(cfg: Config, mesh) -> Frozen:
-    if not cfg.model.audio_encoder:
-        return Frozen()
-    from bagpiper_jax.audio_encoder.checkpoint import load_tower
-    tower = load_tower(cfg.model.audio_encoder, jnp.dtype(cfg.model.encoder_dtype), mesh, cfg.mesh.rules)
-    if tower.config.output_dim != cfg.model.continuous_dim:
-        raise DataError(f"audio encoder {cfg.model.audio_encoder} outputs {tower.config.output_dim} features but "
-                        f"model.continuous_dim is {cfg.model.continuous_dim}")
-    if cfg.data.piece_frames != tower.config.window_frames:
-        raise DataError(f"data.piece_frames={cfg.data.piece_frames} must equal the encoder's attention "
-                        f"window ({tower.config.window_frames} mel frames, n_window_infer)")
-    graphdef, params = nnx.split(tower)
-    return Frozen(graphdef, params, state_shardings(params, mesh, cfg.mesh.rules), tower.config.num_mel_bins)
-
-
-def abstract_batch(cfg: Config, rows: int, mel_bins: int) -> dict:
-    d, s = cfg.data, cfg.model.num_streams
-    spec = jax.ShapeDtypeStruct
-    return {"ids": spec((rows, d.row_frames, s), jnp.int32), "segment_ids": spec((rows, d.row_frames), jnp.int32),
-            "positions": spec((rows, d.row_frames), jnp.int32), "loss_mask": spec((rows, d.row_frames, s), jnp.float32),
-            "mel": spec((rows, d.mel_frames_per_row, mel_bins), jnp.float32),
-            "mel_offset": spec((rows, d.max_pieces_per_row), jnp.int32),
-            "mel_lengths": spec((rows, d.max_pieces_per_row), jnp.int32),
-            "mel_clip_lengths": spec((rows, d.max_pieces_per_row), jnp.int32),
-            "mel_start": spec((rows, d.max_pieces_per_row), jnp.int32)}
-
-
 class Preemption:
     """Turns SIGTERM into a flag the loop checks (agreed on by all processes)."""
 
@@ -103,24 +61,19 @@ class Preemption:
 
 def train(cfg: Config, progress: bool = True) -> dict:
     """Runs (or resumes) training to ``cfg.train.steps``; returns a summary dict."""
-    t_cfg, rules = cfg.train, cfg.mesh.rules
-    if cfg.data.batch_rows % t_cfg.grad_accum:
-        raise DataError(f"data.batch_rows={cfg.data.batch_rows} is not a multiple of train.grad_accum={t_cfg.grad_accum}")
+    t_cfg = cfg.train
     mesh = make_mesh(cfg.mesh)
     main = jax.process_index() == 0
     vocab = Vocab.from_config(cfg.model)
-    tx, schedule = make_optimizer(t_cfg), learning_rate(t_cfg)
-    graphdef, abstract_params = abstract_model(cfg.model, rules)
-    abstract = abstract_state(abstract_params, tx)
-    state_sh = train_state_shardings(abstract, mesh, rules)
     frozen = load_frozen_encoder(cfg, mesh)
+    program = build_program(cfg, mesh, frozen)
     data = build_input(cfg.data, vocab, output_lengths, frozen.mel_bins, process_index=jax.process_index(),
                        process_count=jax.process_count())
     ckpts = RunCheckpoints(checkpoint_directory(cfg), t_cfg.keep_checkpoints)
     latest = ckpts.latest_step()
     frames_seen = 0
     if latest is not None:
-        state, meta = ckpts.restore(latest, with_shardings(abstract, state_sh), data)
+        state, meta = ckpts.restore(latest, with_shardings(program.abstract, program.state_shardings), data)
         frames_seen = meta["frames_seen"]
         log.info("resumed from %s/%d", ckpts.directory, latest)
     else:
@@ -128,24 +81,17 @@ def train(cfg: Config, progress: bool = True) -> dict:
             from bagpiper_jax.convert.model_checkpoint import load_init_params
             params = load_init_params(t_cfg.init_from, cfg, mesh)
         else:
-            _, params, _ = init_model(cfg.model, mesh, rules, cfg.seed)
-        state = init_state(params, tx, state_sh)
+            _, params, _ = init_model(cfg.model, mesh, cfg.mesh.rules, cfg.seed)
+        state = init_state(params, program.tx, program.state_shardings)
     local_rows = cfg.data.batch_rows // jax.process_count()
-    example = abstract_batch(cfg, cfg.data.batch_rows, frozen.mel_bins)
-    batch_sh = batch_shardings(example, mesh, rules)
-    train_step, eval_step = jit_steps(make_train_step(graphdef, frozen.graphdef, tx, schedule, t_cfg.grad_accum),
-                                      make_eval_step(graphdef, frozen.graphdef), state_sh, frozen.shardings,
-                                      batch_sh, mesh)
-    with jax.set_mesh(mesh):
-        t0 = time.perf_counter()
-        compiled = train_step.lower(with_shardings(abstract, state_sh), frozen.params,
-                                    with_shardings(example, batch_sh)).compile()
-        memory = compiled_memory_gib(compiled)
+    batch_sh, eval_step = program.batch_shardings, program.eval_step
+    compiled, compile_s = program.compile()
+    memory = compiled_memory_gib(compiled)
     logs = MetricsLog(cfg.run_dir, enabled=main)
     if main:
         (logs.run_dir / "config_resolved.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-        log.info("train step compiled in %.1fs; per-device memory (GiB): %s", time.perf_counter() - t0, memory)
-        print(json.dumps({"compiled_s": round(time.perf_counter() - t0, 1), "memory_gib": memory,
+        log.info("train step compiled in %.1fs; per-device memory (GiB): %s", compile_s, memory)
+        print(json.dumps({"compiled_s": round(compile_s, 1), "memory_gib": memory,
                           "data": data.report, "start_step": int(state.step)}), flush=True)
     frames_per_step = cfg.data.batch_rows * cfg.data.row_frames
     flops_per_step = train_flops_per_frame(cfg.model, cfg.data.row_frames) * frames_per_step
