@@ -24,8 +24,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from bagpiper_jax.audio_encoder.checkpoint import load_tower
-from bagpiper_jax.config import Config, ConfigError
+from bagpiper_jax.config import Config
 from bagpiper_jax.convert.model_checkpoint import is_model_checkpoint
 from bagpiper_jax.data.prepare import Preparer
 from bagpiper_jax.generate.checkpoint import load_generation_params
@@ -35,7 +34,7 @@ from bagpiper_jax.generate.prompts import PromptError, PromptRows, prompt_rows, 
 from bagpiper_jax.generate.rules import FREE, Rules, modality_plan
 from bagpiper_jax.model.continuous import encode_pieces
 from bagpiper_jax.sharding import logical_to_spec, make_mesh
-from bagpiper_jax.train.program import MEL_BINS_WITHOUT_ENCODER
+from bagpiper_jax.train.program import MEL_BINS_WITHOUT_ENCODER, load_frozen_encoder
 from bagpiper_jax.vocab import AUDIO, Vocab
 
 CACHE_ROUND = 64  # cache slots are rounded up to this (fewer compiled shapes)
@@ -103,14 +102,11 @@ class Generator:
         self.graphdef, self.params = graphdef, params
         self.preparer = Preparer(cfg)  # tokenizer, codec, log-mel: exactly as in training data
         self.tower = None
-        if cfg.model.audio_encoder:
-            tower = load_tower(cfg.model.audio_encoder, jnp.dtype(cfg.model.encoder_dtype), mesh, cfg.mesh.rules)
-            if tower.config.output_dim != cfg.model.continuous_dim:
-                raise ConfigError(f"audio encoder {cfg.model.audio_encoder} outputs {tower.config.output_dim} "
-                                  f"features but model.continuous_dim is {cfg.model.continuous_dim}")
-            tower_def, tower_params = nnx.split(tower)
-            self.tower = _Encoder(jax.jit(lambda p, *mel: encode_pieces(nnx.merge(tower_def, p), *mel)),
-                                  tower_params, tower.config.num_mel_bins)
+        frozen = load_frozen_encoder(cfg, mesh)  # the training step's checks and shardings
+        if frozen.graphdef is not None:
+            self.tower = _Encoder(jax.jit(lambda p, *mel: encode_pieces(nnx.merge(frozen.graphdef, p), *mel)),
+                                  frozen.params, frozen.mel_bins)
+        self._compiled = {}  # decode programs by (rules, slots, guidance, prompt shapes)
         spec = logical_to_spec(("activation_batch",), cfg.mesh.rules)
         self.row_multiple = math.prod(mesh.shape[a] for a in jax.tree.leaves(tuple(spec)))
         self.batch_sharding = NamedSharding(mesh, spec)
@@ -158,11 +154,15 @@ class Generator:
                     -(-(prompt_frames + gcfg.max_new_frames) // CACHE_ROUND) * CACHE_ROUND)
         model_prompts = self._model_prompts(rows)
         key = jax.random.key(gcfg.seed if seed is None else seed)
+        scale = jnp.float32(gcfg.audio_cfg_scale) if guidance else None
+        signature = (rules, slots, guidance, jax.tree.structure(model_prompts),
+                     tuple((x.shape, x.dtype) for x in jax.tree.leaves(model_prompts)))
         with jax.set_mesh(self.mesh):
             t0 = time.perf_counter()
-            scale = jnp.float32(gcfg.audio_cfg_scale) if guidance else None
-            compiled = decode.lower(self.graphdef, self.params, model_prompts, key, scale, rules=rules,
-                                    slots=slots).compile()
+            if signature not in self._compiled:  # compile once per shape; timed apart from decoding
+                self._compiled[signature] = decode.lower(self.graphdef, self.params, model_prompts, key, scale,
+                                                         rules=rules, slots=slots).compile()
+            compiled = self._compiled[signature]
             t1 = time.perf_counter()
             out = jax.block_until_ready(compiled(self.params, model_prompts, key, scale))
             t2 = time.perf_counter()
