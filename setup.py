@@ -39,7 +39,7 @@ setup(
     entry_points={
         "console_scripts": [
             "bagpiper-train=bagpiper_jax.cli.train:main",
-            "bagpiper-prepare=bagpiper_jax.data.prepare:main",
+            "bagpiper-prepare=bagpiper_jax.cli.prepare:main",
             "bagpiper-codec=bagpiper_jax.cli.codec:main",
             "bagpiper-convert=bagpiper_jax.cli.convert:main",
             "bagpiper-audio-features=bagpiper_jax.cli.audio_features:main",

@@ -9,11 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import soxr
+
+from bagpiper_jax.errors import BagpiperError
 
 SAMPLE_RATE = 16_000
 
 
-class AudioError(ValueError):
+class AudioError(BagpiperError):
     """An audio file is missing, unreadable, empty or holds non-finite samples; names the
     file. ``kind`` is a short category for reports."""
 
@@ -26,7 +30,6 @@ def resample(wav: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> np.
     """Resamples float audio ``[samples]`` or ``[samples, channels]``."""
     if from_rate == to_rate:
         return wav
-    import soxr
     return soxr.resample(wav, from_rate, to_rate, quality="VHQ").astype(np.float32)
 
 
@@ -38,7 +41,6 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, channel: int | 
     Raises:
       AudioError: the file is missing/unreadable, has no samples, or has NaN/inf samples.
     """
-    import soundfile as sf
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"audio file {path} does not exist", "missing file")
@@ -62,6 +64,5 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, channel: int | 
 
 def save_audio(path: str | Path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE):
     """Writes float audio ``[samples]`` as a 16-bit PCM wav (clipped to [-1, 1])."""
-    import soundfile as sf
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), np.clip(np.asarray(wav, np.float32), -1.0, 1.0), sample_rate, subtype="PCM_16")

@@ -8,7 +8,10 @@ launch script fails at start-up instead of silently training the wrong model.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
+import logging
 import types
 import typing
 from pathlib import Path
@@ -16,14 +19,23 @@ from typing import Any
 
 import yaml
 
+from bagpiper_jax.errors import BagpiperError
 
-class ConfigError(ValueError):
+log = logging.getLogger(__name__)
+
+
+class ConfigError(BagpiperError):
     """A configuration file or override is malformed; the message names the key."""
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Multi-stream Bagpiper transformer (Qwen3 backbone). Defaults: Bagpiper-8B."""
+    """Architecture of the multi-stream Bagpiper transformer (Qwen3 backbone): every field
+    changes the model's parameters or what they compute. Defaults: Bagpiper-8B.
+
+    How the model runs (dtypes, remat, attention kernel) is :class:`RuntimeConfig`; the
+    files it reads (tokenizer, codec, audio tower) are :class:`AssetsConfig`.
+    """
 
     # Vocabulary layout (see bagpiper_jax.vocab): specials, text, then audio streams.
     num_special: int = 256
@@ -39,12 +51,30 @@ class ModelConfig:
     mlp: int = 12_288
     rms_eps: float = 1e-6
     rope_theta: float = 1_000_000.0
-    max_frames: int = 32_768
     # Continuous audio input: encoder output width feeding the adaptor.
     continuous_dim: int = 2048
-    # Numerics and memory.
+    init_std: float = 0.02  # N(0, init_std) for new parameters (and the extended vocabulary rows)
+
+    def __post_init__(self):
+        _check_positive("model", self, ("text_vocab_size", "num_streams", "codebook_size", "hidden", "layers",
+                                         "heads", "kv_heads", "head_dim", "mlp", "continuous_dim"))
+        if self.num_special < 12:
+            raise ConfigError(f"model.num_special must be >= 12 (named specials), got {self.num_special}")
+        if self.heads % self.kv_heads:
+            raise ConfigError(
+                f"model.heads ({self.heads}) must be a multiple of model.kv_heads ({self.kv_heads})")
+        if self.head_dim % 2:
+            raise ConfigError(f"model.head_dim must be even for RoPE, got {self.head_dim}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """How the model runs: numerics, memory and kernels. None of it is stored in the
+    parameters, so it may change between runs of the same checkpoint."""
+
     dtype: str = "bfloat16"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # master weights
+    encoder_dtype: str = "bfloat16"  # the frozen audio tower's compute dtype
     remat: str = "dots"  # none | dots | dots_attention | qkv_attention | full (model/decoder.py)
     attention: str = "xla"  # xla | cudnn | pallas_gpu | splash (see model.attention_kernels)
     # Pallas attention tiles (frames). splash (TPU): multiples of 128, also used by the
@@ -57,36 +87,30 @@ class ModelConfig:
     gpu_block_kv: int = 128
     gpu_block_bwd: int = 32
     loss_chunk: int = 1024  # frames per stream-0 cross-entropy chunk
-    init_std: float = 0.02
-    # Frozen continuous audio encoder (bagpiper-convert hf-audio-encoder output); "" = none.
-    audio_encoder: str = ""
-    encoder_dtype: str = "bfloat16"
+    max_frames: int = 32_768  # longest sequence (packed row, or prompt + generation) accepted
 
     def __post_init__(self):
-        _check_choice("model.remat", self.remat, ("none", "dots", "dots_attention", "qkv_attention", "full"))
-        _check_choice("model.attention", self.attention, ("xla", "cudnn", "pallas_gpu", "splash"))
-        _check_choice("model.dtype", self.dtype, ("float32", "bfloat16"))
-        _check_choice("model.param_dtype", self.param_dtype, ("float32", "bfloat16"))
-        _check_choice("model.encoder_dtype", self.encoder_dtype, ("float32", "bfloat16"))
-        for name in ("text_vocab_size", "num_streams", "codebook_size", "hidden", "layers",
-                     "heads", "kv_heads", "head_dim", "mlp", "max_frames", "continuous_dim",
-                     "loss_chunk", "splash_block_q", "splash_block_kv", "splash_block_kv_compute",
-                     "gpu_block_q", "gpu_block_kv", "gpu_block_bwd"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        _check_choice("runtime.remat", self.remat, ("none", "dots", "dots_attention", "qkv_attention", "full"))
+        _check_choice("runtime.attention", self.attention, ("xla", "cudnn", "pallas_gpu", "splash"))
+        for name in ("dtype", "param_dtype", "encoder_dtype"):
+            _check_choice(f"runtime.{name}", getattr(self, name), ("float32", "bfloat16"))
+        _check_positive("runtime", self, ("max_frames", "loss_chunk", "splash_block_q", "splash_block_kv",
+                                          "splash_block_kv_compute", "gpu_block_q", "gpu_block_kv", "gpu_block_bwd"))
         for name in ("splash_block_q", "splash_block_kv", "splash_block_kv_compute"):
             if getattr(self, name) % 128:
-                raise ConfigError(f"model.{name} must be a multiple of 128 (TPU lanes), got {getattr(self, name)}")
+                raise ConfigError(f"runtime.{name} must be a multiple of 128 (TPU lanes), got {getattr(self, name)}")
         if self.splash_block_kv % self.splash_block_kv_compute:
-            raise ConfigError(f"model.splash_block_kv ({self.splash_block_kv}) must be a multiple of "
-                              f"model.splash_block_kv_compute ({self.splash_block_kv_compute})")
-        if self.num_special < 12:
-            raise ConfigError(f"model.num_special must be >= 12 (named specials), got {self.num_special}")
-        if self.heads % self.kv_heads:
-            raise ConfigError(
-                f"model.heads ({self.heads}) must be a multiple of model.kv_heads ({self.kv_heads})")
-        if self.head_dim % 2:
-            raise ConfigError(f"model.head_dim must be even for RoPE, got {self.head_dim}")
+            raise ConfigError(f"runtime.splash_block_kv ({self.splash_block_kv}) must be a multiple of "
+                              f"runtime.splash_block_kv_compute ({self.splash_block_kv_compute})")
+
+
+@dataclasses.dataclass(frozen=True)
+class AssetsConfig:
+    """Files a run reads besides its data and checkpoints ("" = none)."""
+
+    tokenizer: str = ""  # tokenizer.json, or a directory holding one (Qwen3's for real runs)
+    codec: str = ""  # XCodec params directory (bagpiper-convert hf-xcodec)
+    audio_encoder: str = ""  # frozen audio tower params directory (bagpiper-convert hf-audio-encoder)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +183,7 @@ class DataConfig:
 
     prepared: str = ""  # directory of ArrayRecord shards + index.json (bagpiper-prepare --out)
     eval_prepared: str = ""  # held-out prepared directory for eval ("" = the first batches of `prepared`)
-    tokenizer: str = ""  # tokenizer.json, or a directory holding one (Qwen3's for real runs)
-    codec: str = ""  # converted XCodec params directory (bagpiper-convert hf-xcodec)
+    demo: bool = False  # build the embedded demo corpus (and its assets) into these paths when missing
     row_frames: int = 8192  # frames per packed row
     batch_rows: int = 8  # packed rows per global batch
     input_shards: int = 0  # logical input pipelines (0 = one per process); fixes the data order
@@ -168,7 +191,7 @@ class DataConfig:
     mel_frames_per_row: int = 32768  # log-mel frames per row (pieces back to back, unpadded; >= longest clip)
     piece_frames: int = 800  # mel frames per encoder attention window (n_window_infer)
     loss_region: str = "assistant"  # assistant | all
-    cfg_drop: float = 0.05  # classifier-free-guidance dropout probability (training only)
+    guidance_drop: float = 0.05  # classifier-free-guidance dropout probability (training only)
     overlong: str = "skip"  # skip | truncate (text-only examples longer than a row)
     packing_bins: int = 64
     shuffle_seed: int = 0
@@ -181,16 +204,14 @@ class DataConfig:
     def __post_init__(self):
         _check_choice("data.loss_region", self.loss_region, ("assistant", "all"))
         _check_choice("data.overlong", self.overlong, ("skip", "truncate"))
-        if not 0.0 <= self.cfg_drop <= 1.0:
-            raise ConfigError(f"data.cfg_drop must lie in [0, 1], got {self.cfg_drop}")
+        if not 0.0 <= self.guidance_drop <= 1.0:
+            raise ConfigError(f"data.guidance_drop must lie in [0, 1], got {self.guidance_drop}")
         if self.read_threads < 0:
             raise ConfigError(f"data.read_threads must be >= 0, got {self.read_threads}")
         if self.input_shards < 0:
             raise ConfigError(f"data.input_shards must be >= 0, got {self.input_shards}")
-        for name in ("row_frames", "batch_rows", "max_pieces_per_row", "mel_frames_per_row", "piece_frames",
-                     "packing_bins", "examples_per_shard"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"data.{name} must be positive, got {getattr(self, name)}")
+        _check_positive("data", self, ("row_frames", "batch_rows", "max_pieces_per_row", "mel_frames_per_row",
+                                       "piece_frames", "packing_bins", "examples_per_shard"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,9 +239,8 @@ class TrainConfig:
     peak_flops: float = 989e12  # per device, for MFU (H100/H200 bf16 dense)
 
     def __post_init__(self):
-        for name in ("steps", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        _check_positive("train", self, ("steps", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
+                                        "eval_every"))
         if self.decay_steps <= self.warmup_steps:
             raise ConfigError(f"train.decay_steps ({self.decay_steps}) must exceed train.warmup_steps "
                               f"({self.warmup_steps})")
@@ -238,7 +258,7 @@ class GenerateConfig:
     text_top_k: int = 0  # 0 = no top-k cut
     audio_temperature: float = 0.8
     audio_top_k: int = 20
-    audio_cfg_scale: float = 3.0  # logits = s * cond - (s - 1) * uncond; 1 = no guidance
+    audio_guidance_scale: float = 3.0  # classifier-free guidance: s * cond - (s - 1) * uncond; 1 = none
     min_text_frames: int = 1  # end tokens forbidden before this many text tokens
     max_text_frames: int = 256
     min_audio_frames: int = 25  # codec frames before the audio may end (0.5 s)
@@ -253,11 +273,10 @@ class GenerateConfig:
                      "min_audio_frames"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"generate.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_text_frames", "max_audio_frames", "max_segments", "max_new_frames", "samples"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"generate.{name} must be positive, got {getattr(self, name)}")
-        if self.audio_cfg_scale < 1.0:
-            raise ConfigError(f"generate.audio_cfg_scale must be >= 1, got {self.audio_cfg_scale}")
+        _check_positive("generate", self, ("max_text_frames", "max_audio_frames", "max_segments", "max_new_frames",
+                                           "samples"))
+        if self.audio_guidance_scale < 1.0:
+            raise ConfigError(f"generate.audio_guidance_scale must be >= 1, got {self.audio_guidance_scale}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +284,8 @@ class Config:
     """A whole run."""
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    assets: AssetsConfig = dataclasses.field(default_factory=AssetsConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -278,19 +299,60 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]):
         raise ConfigError(f"{key} must be one of {choices}, got {value!r}")
 
 
-def _convert(key: str, value: Any, hint: Any) -> Any:
+def _check_positive(section: str, cfg: Any, names: tuple[str, ...]):
+    for name in names:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{section}.{name} must be positive, got {getattr(cfg, name)}")
+
+
+# Keys that moved (old dotted key -> new one). Files and checkpoints written before the
+# move still load: the old key is read as the new one (a warning says so for user files).
+MOVED_KEYS = {
+    **{f"model.{k}": f"runtime.{k}" for k in (
+        "dtype", "param_dtype", "encoder_dtype", "remat", "attention", "splash_block_q", "splash_block_kv",
+        "splash_block_kv_compute", "splash_fused_bwd", "gpu_block_q", "gpu_block_kv", "gpu_block_bwd",
+        "loss_chunk", "max_frames")},
+    "model.audio_encoder": "assets.audio_encoder",
+    "data.tokenizer": "assets.tokenizer",
+    "data.codec": "assets.codec",
+    "data.cfg_drop": "data.guidance_drop",
+    "generate.audio_cfg_scale": "generate.audio_guidance_scale",
+}
+
+
+def migrate_moved_keys(data: dict, source: str = "config", warn: bool = True) -> dict:
+    """``data`` (nested plain dict) with every key of :data:`MOVED_KEYS` moved to its new
+    place; giving both the old and the new key is an error."""
+    for old, new in MOVED_KEYS.items():
+        old_section, old_name = old.split(".")
+        section = data.get(old_section)
+        if not isinstance(section, dict) or old_name not in section:
+            continue
+        new_section, new_name = new.split(".")
+        target = data.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{source}: {new_section} must be a mapping")
+        if new_name in target:
+            raise ConfigError(f"{source}: both {old} (its old name) and {new} are given; keep {new}")
+        target[new_name] = section.pop(old_name)
+        if warn:
+            log.warning("%s: config key %s is now %s", source, old, new)
+    return data
+
+
+def _convert(key: str, value: Any, hint: Any, lenient: bool) -> Any:
     """Checks ``value`` against the type ``hint`` (recursively); returns the typed value."""
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{key or '<root>'} must be a mapping, got {type(value).__name__}")
-        return _from_dict(hint, value, key)
+        return _from_dict(hint, value, key, lenient)
     if hint is Any:
         return _freeze(value)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(hint):
             try:
-                return _convert(key, value, option)
+                return _convert(key, value, option, lenient)
             except ConfigError:
                 continue
         raise ConfigError(f"{key} has value {value!r}, which is not a {hint}")
@@ -299,10 +361,10 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key} must be a list, got {type(value).__name__}")
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+            return tuple(_convert(f"{key}[{i}]", v, args[0], lenient) for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{key} must have {len(args)} entries, got {len(value)}")
-        return tuple(_convert(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_convert(f"{key}[{i}]", v, a, lenient) for i, (v, a) in enumerate(zip(value, args)))
     if hint is type(None):
         if value is not None:
             raise ConfigError(f"{key} must be null, got {value!r}")
@@ -327,29 +389,57 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+def _from_dict(cls: type, data: dict, prefix: str, lenient: bool) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in names:
+            if lenient:
+                continue
             raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(names))})")
-        kwargs[k] = _convert(key, v, hints[k])
+        kwargs[k] = _convert(key, v, hints[k], lenient)
+    return cls(**kwargs)
+
+
+def from_dict(cls: type, data: dict, source: str = "", *, lenient: bool = False) -> Any:
+    """A config dataclass ``cls`` (nested ones included) from plain data, type-checked.
+
+    Strict by default: an unknown key raises :class:`ConfigError` naming it. ``lenient``
+    ignores unknown keys, for foreign files such as an HF ``config.json`` that carry many
+    fields this library does not model. Errors are prefixed with ``source``.
+    """
     try:
-        return cls(**kwargs)
-    except TypeError as e:  # pragma: no cover - guarded by the key check above
-        raise ConfigError(f"{prefix or '<root>'}: {e}") from e
+        return _convert("", data, cls, lenient)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}" if source else str(e)) from e
 
 
 def to_dict(cfg: Any) -> dict:
-    """A plain (YAML-serialisable) dict of a config dataclass."""
+    """A plain (YAML/JSON-serialisable) dict of a config dataclass."""
     def plain(v):
+        if dataclasses.is_dataclass(v):
+            return to_dict(v)
         if isinstance(v, tuple):
             return [plain(x) for x in v]
         return v
-    return {f.name: (to_dict(getattr(cfg, f.name)) if dataclasses.is_dataclass(getattr(cfg, f.name))
-                     else plain(getattr(cfg, f.name))) for f in dataclasses.fields(cfg)}
+    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def read_json_file(path: str | Path, what: str, error: type[Exception] = ConfigError) -> dict:
+    """The JSON object stored in ``path`` (``what`` it should be, for the message); raises
+    ``error`` naming the file when it is missing, not JSON or not an object."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} not found: expected {what}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({what}): {e}") from e
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object ({what})")
+    return data
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -371,8 +461,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Loads a :class:`Config` from a YAML file (or defaults) plus dotted overrides."""
     data: dict = {}
+    source = "overrides"
     if path is not None:
         path = Path(path)
+        source = str(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
@@ -381,9 +473,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return config_from_dict(apply_overrides(data, list(overrides)))
+    data = migrate_moved_keys(apply_overrides(data, list(overrides)), source)
+    return from_dict(Config, data)
 
 
-def config_from_dict(data: dict) -> Config:
-    """A :class:`Config` from nested plain data (e.g. :func:`to_dict` output), strictly checked."""
-    return _convert("", data, Config)
+def config_from_dict(data: dict, source: str = "") -> Config:
+    """A :class:`Config` from nested plain data (e.g. :func:`to_dict` output, or the config
+    stored in a checkpoint, whose moved keys are migrated), strictly checked."""
+    return from_dict(Config, migrate_moved_keys(copy.deepcopy(data), source, warn=False), source)

@@ -77,3 +77,9 @@ def param(value: jax.Array, axes: Sequence[str | None]) -> nnx.Param:
     if len(axes) != value.ndim:
         raise ValueError(f"logical axes {tuple(axes)} do not match a parameter of shape {value.shape}")
     return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+def with_shardings(abstract, shardings):
+    """``jax.ShapeDtypeStruct`` s of ``abstract`` carrying ``shardings`` (same tree): the
+    targets of an AOT compile or a checkpoint restore."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

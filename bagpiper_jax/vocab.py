@@ -23,6 +23,9 @@ MODALITY_IDS = {"text": TEXT, "audio": AUDIO}
 
 @dataclasses.dataclass(frozen=True)
 class Vocab:
+    """The id layout of the unified vocabulary (see the module docstring); frozen and
+    hashable, so it can be a static argument of jitted functions."""
+
     num_special: int
     text_size: int
     num_streams: int
@@ -71,6 +74,11 @@ class Vocab:
     def audio_pad(self, stream: int) -> int:
         self._check_stream(stream)
         return self.audio_offset + self.stream_block * stream
+
+    @property
+    def audio_pads(self) -> np.ndarray:
+        """int32 ``[num_streams]``: every stream's audio pad id."""
+        return (self.audio_offset + self.stream_block * np.arange(self.num_streams)).astype(np.int32)
 
     def audio_ids(self, codes, stream: int):
         """Codec codes of one stream -> unified ids (array-friendly)."""

@@ -25,8 +25,9 @@ from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
+from bagpiper_jax.config import from_dict
 from bagpiper_jax.audio_encoder.features import HOP, log_mel
-from bagpiper_jax.audio_encoder.hf_import import from_hf_tensors
+from bagpiper_jax.convert.hf_audio_encoder import from_hf_tensors
 from bagpiper_jax.audio_encoder.tower import bucket_frames, parameter_count, tower_from_params
 
 p = argparse.ArgumentParser()
@@ -39,7 +40,7 @@ args = p.parse_args()
 torch.manual_seed(0)
 device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 hf = Qwen3OmniMoeAudioEncoder(Qwen3OmniMoeAudioEncoderConfig(output_dim=2048)).eval()
-config = AudioEncoderConfig.from_dict(hf.config.to_dict())
+config = from_dict(AudioEncoderConfig, hf.config.to_dict(), lenient=True)
 
 
 def same_weights(model):

@@ -17,9 +17,8 @@ import torch
 import jax
 from transformers import XcodecConfig, XcodecModel
 
-from bagpiper_jax.codec.checkpoint import model_from_params
-from bagpiper_jax.codec.config import XCodecConfig
-from bagpiper_jax.codec.hf_import import params_from_hf_state
+from bagpiper_jax.codec.params import model_from_params
+from bagpiper_jax.convert.hf_xcodec import config_from_hf, params_from_hf_state
 from bagpiper_jax.codec.tokenizer import XCodecTokenizer
 
 p = argparse.ArgumentParser()
@@ -34,7 +33,7 @@ hf = XcodecModel(XcodecConfig()).eval()
 with torch.no_grad():
     for q in hf.quantizer.quantizers:
         q.codebook.embed.normal_()
-cfg = XCodecConfig.from_hf_dict(hf.config.to_dict())
+cfg = config_from_hf(hf.config.to_dict())
 ours = XCodecTokenizer(model_from_params(cfg, params_from_hf_state(
     cfg, {k: v.numpy() for k, v in hf.state_dict().items()})), batch_size=args.batch)
 hf = hf.to(device)

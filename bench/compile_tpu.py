@@ -8,7 +8,7 @@ tower inside unless ``--no-encoder``. Reports the compile time and per-device me
 
     python bench/compile_tpu.py --config configs/8b_v5p256.yaml --topology v5p:4x4x8    # v5p-256: 128 chips
     python bench/compile_tpu.py --config configs/8b_v6e256.yaml --topology v6e:16x16    # v6e-256: 256 chips
-    python bench/compile_tpu.py --config configs/8b_v6e256.yaml --topology v6e:16x16 model.remat=dots
+    python bench/compile_tpu.py --config configs/8b_v6e256.yaml --topology v6e:16x16 runtime.remat=dots
 """
 import argparse
 import json
@@ -19,11 +19,26 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host compiles; the TPU devi
 from bagpiper_jax.config import load_config  # noqa: E402
 from bagpiper_jax.model.flops import train_flops_per_frame  # noqa: E402
 from bagpiper_jax.sharding import make_mesh  # noqa: E402
-from bagpiper_jax.train.aot import abstract_encoder, device_memory_gib, tpu_devices  # noqa: E402
-from bagpiper_jax.train.program import Frozen, build_program  # noqa: E402
+from bagpiper_jax.audio_encoder.frozen import FrozenTower  # noqa: E402
+from bagpiper_jax.train.aot import device_memory_gib, tpu_devices  # noqa: E402
+from bagpiper_jax.train.program import build_program  # noqa: E402
 
 # HBM per chip (GiB, the figures Google publishes) by jax device_kind.
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
+
+
+def compile_report(cfg, devices, encoder: bool = True) -> dict:
+    """AOT compile of ``cfg``'s full train step on ``devices`` (real or compile-only), with
+    the frozen Qwen3-Omni tower unless ``encoder`` is False: the figures of one JSON line."""
+    mesh = make_mesh(cfg.mesh, devices)
+    tower = FrozenTower.abstract(mesh, cfg.mesh.rules, dtype=cfg.runtime.encoder_dtype) if encoder else None
+    compiled, seconds = build_program(cfg, mesh, tower).compile()
+    m, r, d = cfg.model, cfg.runtime, cfg.data
+    return {"device_kind": devices[0].device_kind, "chips": len(devices), "mesh": dict(mesh.shape),
+            "row_frames": d.row_frames, "global_rows": d.batch_rows, "global_frames": d.batch_rows * d.row_frames,
+            "grad_accum": cfg.train.grad_accum, "layers": m.layers, "remat": r.remat, "attention": r.attention,
+            "encoder": encoder, "train_flops_per_frame": train_flops_per_frame(m, d.row_frames),
+            "compile_s": round(seconds, 1), "per_device_memory": device_memory_gib(compiled)}
 
 
 def main(argv=None):
@@ -34,20 +49,10 @@ def main(argv=None):
     p.add_argument("overrides", nargs="*", help="config overrides, key.path=value")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    devices = tpu_devices(args.topology)
-    mesh = make_mesh(cfg.mesh, devices)
-    frozen = Frozen() if args.no_encoder else abstract_encoder(mesh, cfg.mesh.rules, dtype=cfg.model.encoder_dtype)
-    compiled, seconds = build_program(cfg, mesh, frozen).compile()
-    m, d = cfg.model, cfg.data
-    kind = devices[0].device_kind
-    print(json.dumps({
-        "what": "compile_tpu_train_step", "config": args.config, "overrides": args.overrides,
-        "topology": args.topology, "device_kind": kind, "chips": len(devices), "mesh": dict(mesh.shape),
-        "row_frames": d.row_frames, "global_rows": d.batch_rows, "global_frames": d.batch_rows * d.row_frames,
-        "grad_accum": cfg.train.grad_accum, "layers": m.layers, "remat": m.remat, "attention": m.attention,
-        "encoder": not args.no_encoder, "train_flops_per_frame": train_flops_per_frame(m, d.row_frames),
-        "compile_s": round(seconds, 1), "per_device_memory": device_memory_gib(compiled),
-        "hbm_per_chip_gib": HBM_GIB.get(kind)}), flush=True)
+    report = compile_report(cfg, tpu_devices(args.topology), encoder=not args.no_encoder)
+    print(json.dumps({"what": "compile_tpu_train_step", "config": args.config, "overrides": args.overrides,
+                      "topology": args.topology, **report, "hbm_per_chip_gib": HBM_GIB.get(report["device_kind"])}),
+          flush=True)
 
 
 if __name__ == "__main__":

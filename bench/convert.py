@@ -37,13 +37,13 @@ def stage(name: str, workdir: Path, layers: int, source: str = "safetensors") ->
     from flax import nnx
 
     from bagpiper_jax.convert import commands, torch_layout
-    from bagpiper_jax.convert.safetensors_writer import TensorSpec, write_safetensors
+    from bagpiper_jax.checkpoint.safetensors_writer import TensorSpec, write_safetensors
     from bagpiper_jax.model.create import abstract_model
     cfg = bench_config(layers)
     t0 = time.perf_counter()
     if name == "synthesize":
         shapes = {".".join(map(str, p)): (tuple(v.shape), np.dtype(v.dtype))
-                  for p, v in nnx.to_flat_state(abstract_model(cfg.model)[1])}
+                  for p, v in nnx.to_flat_state(abstract_model(cfg.model, cfg.runtime)[1])}
         entries = torch_layout.model_entries(cfg.model)
         specs = [TensorSpec(e.key, e.torch_shape(shapes[e.path][0]), np.dtype(np.float32)) for e in entries]
         rng = np.random.default_rng(0)

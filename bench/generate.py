@@ -5,7 +5,7 @@ Random-init params; synthetic prompts (``<|bos|> <|user|> <|text|>`` + text toke
 ``<|eos|> <|assistant|>``); the answer is forced to one audio segment of exactly
 ``--frames`` codec frames (``min_audio_frames = max_audio_frames``), so every row decodes
 ``frames + streams + 1`` frames with the DESIGN §9 sampling (T 0.8, top-k 20) and CFG
-(scale 3: the unconditional rows double the model batch; ``--no-cfg`` drops them).
+(scale 3: the unconditional rows double the model batch; ``--no-guidance`` drops them).
 frames/s counts answer frames of the conditional rows over the whole call (prompt prefill
 included); compile time is reported apart.
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from bagpiper_jax.config import load_config
 from bagpiper_jax.generate.decode import Prompts, decode
-from bagpiper_jax.generate.rules import Rules, modality_plan
+from bagpiper_jax.generate.rules import DecodeRules, modality_plan
 from bagpiper_jax.model.create import init_model
 from bagpiper_jax.sharding import make_mesh
 from bagpiper_jax.vocab import ASSISTANT, BOS, EOS, TEXT, USER, Vocab
@@ -46,20 +46,20 @@ def main(argv=None):
     p.add_argument("--prompt", type=int, default=64, help="text tokens per prompt")
     p.add_argument("--frames", type=int, default=128, help="codec frames per answer")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per batch size (best is reported)")
-    p.add_argument("--no-cfg", action="store_true", help="no classifier-free guidance rows")
+    p.add_argument("--no-guidance", action="store_true", help="no classifier-free guidance rows")
     p.add_argument("overrides", nargs="*", help="config overrides, key.path=value")
     args = p.parse_args(argv)
     overrides = [f"model.layers={args.layers}"] * bool(args.layers) + list(args.overrides)
     cfg = load_config(args.config, overrides)
     vocab = Vocab.from_config(cfg.model)
-    gcfg = dataclasses.replace(cfg.generate, min_audio_frames=args.frames, max_audio_frames=args.frames)
-    rules = Rules(vocab, gcfg, modality_plan(("audio",)))
+    settings = dataclasses.replace(cfg.generate, min_audio_frames=args.frames, max_audio_frames=args.frames)
+    rules = DecodeRules(vocab, settings, modality_plan(("audio",)))
     prompt_frames = args.prompt + 5
     answer_frames = args.frames + vocab.num_streams + 1  # modality, interleaved block, END
     slots = -(-(prompt_frames + answer_frames) // 64) * 64
     mesh = make_mesh(cfg.mesh)
-    graphdef, params, _ = init_model(cfg.model, mesh, cfg.mesh.rules, cfg.seed)
-    scale = None if args.no_cfg else jnp.float32(gcfg.audio_cfg_scale)
+    graphdef, params, _ = init_model(cfg.model, cfg.runtime, mesh, cfg.mesh.rules, cfg.seed)
+    scale = None if args.no_guidance else jnp.float32(settings.audio_guidance_scale)
     results = []
     with jax.set_mesh(mesh):
         for batch in (int(b) for b in args.batch.split(",")):
@@ -81,7 +81,7 @@ def main(argv=None):
                             "step_ms": round(1e3 * best / answer_frames, 3), "decode_s": round(best, 3),
                             "compile_s": round(compile_s, 1)})
     print(json.dumps({"config": args.config, "layers": cfg.model.layers, "hidden": cfg.model.hidden,
-                      "dtype": cfg.model.dtype, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+                      "dtype": cfg.runtime.dtype, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
                       "cfg": scale is not None, "prompt_frames": prompt_frames, "answer_frames": answer_frames,
                       "slots": slots, "results": results}), flush=True)
 

@@ -3,7 +3,7 @@ issue's defaults (8B width, 8 layers, seq 4096, one row per device, 989 TFLOP/s 
 device as on H100/H200 bf16); one JSON line.
 
     python bench/mfu.py                                        # one GPU
-    python bench/mfu.py --rows 2 model.attention=cudnn         # any train_step.py option
+    python bench/mfu.py --rows 2 runtime.attention=cudnn         # any train_step.py option
     python bench/mfu.py --config configs/tiny.yaml --layers 0 --seq 256 --rows 8 --peak 1e12   # CPU
 """
 from train_step import main

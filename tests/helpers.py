@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bagpiper_jax import load_config
+from bagpiper_jax.audio_encoder.pieces import Continuous
 from bagpiper_jax.model import Batch
 from bagpiper_jax.vocab import ASSISTANT, AUDIO, BOS, EOS, TEXT, USER, Vocab
 
@@ -56,8 +57,9 @@ def example_frames(vocab: Vocab, rng: np.random.Generator, n_text: int, n_codes:
     return np.stack(ids), np.stack(mask), np.array(cont, np.int32)
 
 
-def packed_batch(vocab: Vocab, continuous_dim: int, rows: int = 2, frames: int = 96, seed: int = 0) -> Batch:
-    """Rows of two packed examples each plus padding, with continuous features."""
+def packed_batch(vocab: Vocab, continuous_dim: int, rows: int = 2, frames: int = 96,
+                 seed: int = 0) -> tuple[Batch, Continuous]:
+    """Rows of two packed examples each plus padding, and continuous features for them."""
     rng = np.random.default_rng(seed)
     s = vocab.num_streams
     ids = np.zeros((rows, frames, s), np.int32)
@@ -78,9 +80,9 @@ def packed_batch(vocab: Vocab, continuous_dim: int, rows: int = 2, frames: int =
         assert start < frames
     mask[0, 10, 0] = 1.0  # a trained stream-0 pad target: must be ignored
     features = rng.normal(size=(rows, 12, continuous_dim)).astype(np.float32)
-    return Batch(ids=jnp.asarray(ids), segment_ids=jnp.asarray(seg), positions=jnp.asarray(pos),
-                 loss_mask=jnp.asarray(mask), continuous=jnp.asarray(features),
-                 continuous_frames=jnp.asarray(cont_frames))
+    batch = Batch(ids=jnp.asarray(ids), segment_ids=jnp.asarray(seg), positions=jnp.asarray(pos),
+                  loss_mask=jnp.asarray(mask))
+    return batch, Continuous(jnp.asarray(features), jnp.asarray(cont_frames))
 
 
 DEMO = REPO / "configs" / "demo.yaml"
@@ -89,9 +91,9 @@ DEMO = REPO / "configs" / "demo.yaml"
 def demo_overrides(root: Path) -> list[str]:
     """Overrides of configs/demo.yaml putting every path under ``root`` (a small demo there)."""
     return [f"data.prepared={root}/demo/prepared", f"data.eval_prepared={root}/demo/heldout",
-            f"data.tokenizer={root}/demo/tokenizer.json", f"data.codec={root}/demo/codec",
-            f"model.audio_encoder={root}/demo/encoder", f"run_dir={root}/run",
-            "data.row_frames=256", "model.max_frames=256", "data.examples_per_shard=16"]
+            f"assets.tokenizer={root}/demo/tokenizer.json", f"assets.codec={root}/demo/codec",
+            f"assets.audio_encoder={root}/demo/encoder", f"run_dir={root}/run",
+            "data.row_frames=256", "runtime.max_frames=256", "data.examples_per_shard=16"]
 
 
 def demo_config(root: Path, *overrides: str):

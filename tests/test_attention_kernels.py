@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bagpiper_jax.config import ConfigError, MeshConfig, ModelConfig
+from bagpiper_jax.config import ConfigError, MeshConfig, RuntimeConfig
 from bagpiper_jax.model.attention_kernels import (PallasGpuAttention, SplashAttention, get_kernel,
                                                   segment_causal_mask, xla_attention)
 from bagpiper_jax.sharding import make_mesh
@@ -66,12 +66,12 @@ def test_gpu_kernels_off_gpu_are_a_clear_error(name):
     if jax.default_backend() == "gpu":
         pytest.skip("GPU kernels are available on GPU")
     with pytest.raises(NotImplementedError, match=f"'{name}' needs a GPU, the backend here is 'cpu'"):
-        get_kernel(ModelConfig(attention=name))
+        get_kernel(RuntimeConfig(attention=name))
 
 
 def test_get_kernel_takes_tiles_and_rules_from_config():
     rules = MeshConfig().rules
-    kernel = get_kernel(ModelConfig(attention="splash", splash_block_q=256, splash_block_kv=1024,
+    kernel = get_kernel(RuntimeConfig(attention="splash", splash_block_q=256, splash_block_kv=1024,
                                     splash_block_kv_compute=256, splash_fused_bwd=True), rules)
     assert kernel == SplashAttention(256, 1024, 256, True, rules)
     blocks = kernel.block_sizes(512)  # tiles clamp to short rows
@@ -80,7 +80,7 @@ def test_get_kernel_takes_tiles_and_rules_from_config():
     with pytest.raises(ValueError, match="384 frames per row are not a multiple of the 256-frame tile"):
         kernel.block_sizes(384)
     with pytest.raises(ConfigError, match="splash_block_q must be a multiple of 128"):
-        ModelConfig(splash_block_q=100)
+        RuntimeConfig(splash_block_q=100)
 
 
 def _loss_and_grads(kernel, q, k, v, seg, weight):
@@ -140,7 +140,7 @@ def test_gpu_kernel_matches_xla_forward_and_gradients(name):
     def loss(kernel):
         return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(kernel(q, k, v, seg).astype(jnp.float32) ** 2
                                                                     * weight), argnums=(0, 1, 2)))(q, k, v)
-    (l1, g1), (l2, g2) = loss(xla_attention), loss(get_kernel(ModelConfig(attention=name), MeshConfig().rules))
+    (l1, g1), (l2, g2) = loss(xla_attention), loss(get_kernel(RuntimeConfig(attention=name), MeshConfig().rules))
     np.testing.assert_allclose(float(l2), float(l1), rtol=1e-2)
     for a, b in zip(g1, g2):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)

@@ -8,12 +8,12 @@ import pytest
 from audio_encoder_testing import TINY, hf_encode, random_features, tiny_hf_encoder
 from flax import nnx
 
-from bagpiper_jax.audio_encoder.checkpoint import load_tower
+from bagpiper_jax.checkpoint.frozen_modules import load_tower
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
-from bagpiper_jax.audio_encoder.hf_import import export_hf, import_hf, iter_hf_tensors
+from bagpiper_jax.convert.hf_audio_encoder import config_from_hf, export_hf, import_hf, iter_hf_tensors
 from bagpiper_jax.cli import convert
 from bagpiper_jax.config import ConfigError
-from bagpiper_jax.convert.tensor_reader import CheckpointError, TensorReader
+from bagpiper_jax.checkpoint.tensor_reader import CheckpointError, TensorReader
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +39,16 @@ def _torch_state(model) -> dict:
 
 
 def test_config_from_bare_and_full_configs(hf_dir, tmp_path):
-    assert AudioEncoderConfig.from_hf_config(hf_dir) == AudioEncoderConfig(**TINY)
+    assert config_from_hf(hf_dir) == AudioEncoderConfig(**TINY)
     full = {"model_type": "qwen3_omni_moe", "thinker_config": {"audio_config": {**TINY, "dropout": 0.1}}}
     (tmp_path / "config.json").write_text(json.dumps(full))
-    assert AudioEncoderConfig.from_hf_config(tmp_path) == AudioEncoderConfig(**TINY)
+    assert config_from_hf(tmp_path) == AudioEncoderConfig(**TINY)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
     with pytest.raises(ConfigError, match="thinker_config.audio_config"):
-        AudioEncoderConfig.from_hf_config(tmp_path)
+        config_from_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"thinker_config": {"audio_config": {"n_window": 25}}}))
     with pytest.raises(ConfigError, match="audio_config: audio_encoder.n_window"):
-        AudioEncoderConfig.from_hf_config(tmp_path)
+        config_from_hf(tmp_path)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -7,7 +7,7 @@ from audio_encoder_testing import hf_encode, random_features, tiny_hf_encoder
 from flax import nnx
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig, output_lengths
-from bagpiper_jax.audio_encoder.hf_import import import_hf
+from bagpiper_jax.convert.hf_audio_encoder import import_hf
 from bagpiper_jax.audio_encoder.tower import AudioTower, bucket_frames, encode, parameter_count, tower_from_params
 
 run_tower = nnx.jit(lambda tower, *args: tower(*args))

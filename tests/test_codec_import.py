@@ -13,12 +13,12 @@ transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file, save_file  # noqa: E402
 from test_codec_hf import make_tiny_hf  # noqa: E402
 
-from bagpiper_jax.codec import hf_import  # noqa: E402
-from bagpiper_jax.codec.checkpoint import (CodecCheckpointError, abstract_model, load_codec,  # noqa: E402
-                                           params_from_model)
+from bagpiper_jax.convert import hf_xcodec as hf_import  # noqa: E402
+from bagpiper_jax.checkpoint.frozen_modules import load_codec  # noqa: E402
+from bagpiper_jax.codec.params import abstract_model, params_from_model  # noqa: E402
 from bagpiper_jax.codec.config import XCodecConfig  # noqa: E402
 from bagpiper_jax.codec.xcodec import num_parameters  # noqa: E402
-from bagpiper_jax.convert.tensor_reader import CheckpointError  # noqa: E402
+from bagpiper_jax.checkpoint.errors import CheckpointError  # noqa: E402
 
 POS = "semantic_model.encoder.pos_conv_embed.conv."
 
@@ -81,7 +81,7 @@ def test_full_size_config_abstract_import():
     """The shipped default config: abstract shapes only, HF's exact parameter count, and
     our names/shapes are HF's state dict (on torch's meta device)."""
     d = transformers.XcodecConfig().to_dict()
-    cfg = XCodecConfig.from_hf_dict(json.loads(json.dumps(d)))
+    cfg = hf_import.config_from_hf(json.loads(json.dumps(d)))
     assert cfg == XCodecConfig()
     model = abstract_model(cfg)
     assert num_parameters(model) == 160_698_625
@@ -89,7 +89,7 @@ def test_full_size_config_abstract_import():
         hf = transformers.XcodecModel(transformers.XcodecConfig())
     assert sum(p.numel() for p in hf.parameters()) == 160_698_625
     hf_shapes = {k: tuple(v.shape) for k, v in hf.state_dict().items()}
-    from bagpiper_jax.codec.checkpoint import variable_names
+    from bagpiper_jax.codec.params import variable_names
     ours = {hf_import.hf_key(n): tuple(v.shape) for n, v in variable_names(model).items()}
     assert ours == hf_shapes
 
@@ -136,5 +136,5 @@ def test_convert_cli_writes_loadable_params(hf_dir, tmp_path):
     assert sorted(loaded) == sorted(params)
     for k in params:
         assert loaded[k].tobytes() == params[k].tobytes(), k
-    with pytest.raises(CodecCheckpointError, match="bagpiper-convert hf-xcodec"):
+    with pytest.raises(CheckpointError, match="bagpiper-convert hf-xcodec"):
         load_codec(hf_dir)

@@ -14,7 +14,7 @@ BAGPIPER_8B_PARAMS = 8_268_432_384
 
 def test_8b_abstract_parameter_count():
     cfg = load_config(REPO / "configs" / "8b.yaml")
-    _, state = abstract_model(cfg.model)
+    _, state = abstract_model(cfg.model, cfg.runtime)
     total = sum(x.size for x in jax.tree.leaves(state))
     print(f"8B abstract parameter count: {total:,}")
     assert abs(total - BAGPIPER_8B_PARAMS) <= 0.001 * BAGPIPER_8B_PARAMS
@@ -61,7 +61,7 @@ def test_overrides_and_round_trip(tmp_path):
     ("trian.steps=3", "unknown config key 'trian'"),
     ("model.layers=three", "model.layers must be int, got str"),
     ("model.rms_eps=[1]", "model.rms_eps must be float"),
-    ("model.remat=some", "model.remat must be one of"),
+    ("runtime.remat=some", "runtime.remat must be one of"),
     ("model.heads=6", r"model.heads \(6\) must be a multiple of model.kv_heads \(4\)"),
     ("mesh.rules=[[embed, fsdpp]]", "maps to unknown mesh axis 'fsdpp'"),
     ("model", "must look like key.path=value"),

@@ -1,60 +1,76 @@
-"""Continuous audio in the model: pieces of a clip encoded in a packed batch equal the
-tower on the whole clip, and land on the right frames."""
+"""Continuous audio in the model: pieces of clips packed in a batch (the layout of training
+batches and generation prompts) encode exactly like each clip whole, and land on the right
+frames."""
 import jax
 import numpy as np
 from flax import nnx
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig, output_lengths
+from bagpiper_jax.audio_encoder.frozen import FrozenTower
+from bagpiper_jax.audio_encoder.pieces import MelPieces
 from bagpiper_jax.audio_encoder.tower import AudioTower
-from bagpiper_jax.model.continuous import encode_pieces
+from bagpiper_jax.config import MeshConfig
+from bagpiper_jax.sharding import make_mesh
+
+CONFIG = AudioEncoderConfig(d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32,
+                            downsample_hidden_size=4, output_dim=8, n_window_infer=200)
+
+
+def frozen_tower():
+    tower = AudioTower(CONFIG, rngs=nnx.Rngs(0))
+    return tower, FrozenTower.from_tower(tower, make_mesh(MeshConfig(), jax.devices()[:1]), ())
+
+
+def whole(tower, clip):
+    out, length = tower(clip[None], np.array([len(clip)]))
+    return np.asarray(out[0, :int(length[0])])
 
 
 def test_pieces_equal_whole_clip_encoding():
-    cfg = AudioEncoderConfig(d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32,
-                             downsample_hidden_size=4, output_dim=8, n_window_infer=200)
-    tower = AudioTower(cfg, rngs=nnx.Rngs(0))
-    rng = np.random.default_rng(0)
-    clip = rng.normal(size=(450, 128)).astype(np.float32)
-    whole, whole_len = tower(clip[None], np.array([450]))
-    whole = np.asarray(whole[0, :int(whole_len[0])])
-    # Row 0: slot 0 empty, then the clip's three pieces (200, 200, 50 frames) starting at frame 5.
-    mel = np.zeros((1, 4, 200, 128), np.float32)
-    lengths, clip_lengths, start = np.zeros((1, 4), np.int32), np.zeros((1, 4), np.int32), np.full((1, 4), -1)
+    tower, frozen = frozen_tower()
+    clip = np.random.default_rng(0).normal(size=(450, 128)).astype(np.float32)
+    # Slot 0 empty, then the clip's three pieces (200, 200, 50 frames) back to back, tokens from frame 5.
+    pieces = MelPieces(np.zeros((1, 450, 128), np.float32), np.zeros((1, 4), np.int32), np.zeros((1, 4), np.int32),
+                       np.zeros((1, 4), np.int32), np.full((1, 4), -1, np.int32))
+    pieces.mel[0] = clip
     for j, p in enumerate(range(0, 450, 200)):
-        piece = clip[p:p + 200]
-        mel[0, j + 1, :len(piece)] = piece
-        lengths[0, j + 1], clip_lengths[0, j + 1] = len(piece), 450
-        start[0, j + 1] = 5 + output_lengths(p)
-    features, frames = jax.jit(encode_pieces)(tower, mel, lengths, clip_lengths, start.astype(np.int32))
-    features, frames = np.asarray(features[0]), np.asarray(frames[0])
+        n = min(200, 450 - p)
+        pieces.offset[0, j + 1], pieces.lengths[0, j + 1], pieces.clip_lengths[0, j + 1] = p, n, 450
+        pieces.start[0, j + 1] = 5 + output_lengths(p)
+    continuous = jax.jit(frozen.encode)(frozen.params, pieces)
+    features, frames = np.asarray(continuous.features[0]), np.asarray(continuous.frames[0])
     used = frames >= 0
-    np.testing.assert_array_equal(frames[used], 5 + np.arange(len(whole)))
-    np.testing.assert_allclose(features[used], whole, atol=1e-5)
+    expected = whole(tower, clip)
+    np.testing.assert_array_equal(frames[used], 5 + np.arange(len(expected)))
+    np.testing.assert_allclose(features[used], expected, atol=1e-5)
     np.testing.assert_array_equal(features[~used], 0)
 
 
-def test_flat_pieces_equal_padded_pieces():
-    """The pipeline's layout (pieces back to back in one stream per row, with offsets)
-    encodes exactly like pieces padded to one window each."""
-    cfg = AudioEncoderConfig(d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32,
-                             downsample_hidden_size=4, output_dim=8, n_window_infer=200)
-    tower = AudioTower(cfg, rngs=nnx.Rngs(0))
+def test_packed_clips_of_two_rows_equal_each_clip_whole():
+    """Three clips over two rows, one stream per row with offsets; frames past the pieces
+    hold garbage that must not matter."""
+    tower, frozen = frozen_tower()
     rng = np.random.default_rng(1)
     clips = [rng.normal(size=(n, 128)).astype(np.float32) for n in (450, 37, 120)]
-    pieces = [(c, p) for c in clips for p in range(0, len(c), 200)]  # 3 + 1 + 1 pieces
-    mel = np.zeros((2, 4, 200, 128), np.float32)
-    flat = rng.normal(size=(2, 700, 128)).astype(np.float32)  # garbage past the pieces must not matter
-    lengths, clip_lengths, offset = (np.zeros((2, 4), np.int32) for _ in range(3))
+    placement = [(0, 0), (1, 0), (1, 1)]  # (row, clip index within its row)
+    mel = rng.normal(size=(2, 700, 128)).astype(np.float32)
+    fields = [np.zeros((2, 4), np.int32) for _ in range(3)]
     start = np.full((2, 4), -1, np.int32)
-    at = [0, 0]
-    for i, (clip, p) in enumerate(pieces):
-        r, j = divmod(i, 4) if i < 4 else (1, i - 4 + 1)
-        piece = clip[p:p + 200]
-        mel[r, j, :len(piece)] = piece
-        flat[r, at[r]:at[r] + len(piece)] = piece
-        lengths[r, j], clip_lengths[r, j], offset[r, j], start[r, j] = len(piece), len(clip), at[r], 3 + 30 * j
-        at[r] += len(piece)
-    want = jax.jit(encode_pieces)(tower, mel, lengths, clip_lengths, start)
-    got = jax.jit(encode_pieces)(tower, flat, lengths, clip_lengths, start, offset)
-    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
-    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), atol=1e-6)
+    at, slot, expected = [0, 0], [0, 0], {}
+    for (row, k), clip in zip(placement, clips):
+        first_token = 3 + 40 * k
+        for p in range(0, len(clip), 200):
+            piece = clip[p:p + 200]
+            mel[row, at[row]:at[row] + len(piece)] = piece
+            j = slot[row]
+            fields[0][row, j], fields[1][row, j], fields[2][row, j] = at[row], len(piece), len(clip)
+            start[row, j] = first_token + output_lengths(p)
+            at[row], slot[row] = at[row] + len(piece), j + 1
+        expected[(row, first_token)] = whole(tower, clip)
+    continuous = jax.jit(frozen.encode)(frozen.params, MelPieces(mel, *fields, start))
+    features, frames = np.asarray(continuous.features), np.asarray(continuous.frames)
+    for (row, first_token), want in expected.items():
+        where = {int(f): i for i, f in enumerate(frames[row]) if f >= 0}
+        got = np.stack([features[row, where[first_token + t]] for t in range(len(want))])
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert sum(len(w) for w in expected.values()) == int((frames >= 0).sum())

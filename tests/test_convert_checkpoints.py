@@ -1,6 +1,7 @@
 """bagpiper-convert hf-qwen3 / to-torch / from-torch, model checkpoints, resharding, init_from."""
 import dataclasses
 import json
+import re
 
 import jax
 import numpy as np
@@ -10,23 +11,26 @@ import pytest
 import torch
 import yaml
 from flax import nnx
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
 
+from bagpiper_jax.checkpoint import lazy_save
+from bagpiper_jax.checkpoint.errors import CheckpointError
+from bagpiper_jax.checkpoint.frozen_modules import save_codec, save_tower_params
+from bagpiper_jax.checkpoint.hf_qwen3 import load_hf_qwen3
+from bagpiper_jax.checkpoint.lazy_save import LazyArray, save_pytree
+from bagpiper_jax.checkpoint.model_checkpoint import ParamsSource, load_init_params
+from bagpiper_jax.checkpoint.params_dir import load_params
+from bagpiper_jax.checkpoint.run import RunCheckpoints
+from bagpiper_jax.checkpoint.safetensors_writer import TensorSpec, write_safetensors
+from bagpiper_jax.checkpoint.tensor_reader import TensorReader
 from bagpiper_jax.cli.convert import main
+from bagpiper_jax.codec.params import abstract_model, variable_names
 from bagpiper_jax.config import ConfigError, to_dict
-from bagpiper_jax.convert.hf_qwen3 import load_hf_qwen3
-from bagpiper_jax.convert import lazy_save
-from bagpiper_jax.convert.lazy_save import LazyArray, save_pytree
-from bagpiper_jax.convert.model_checkpoint import ParamsSource, load_init_params, load_model_params
-from bagpiper_jax.convert.safetensors_writer import TensorSpec, write_safetensors
-from bagpiper_jax.convert.tensor_reader import CheckpointError, TensorReader
-from bagpiper_jax.audio_encoder.hf_import import abstract_params
-from bagpiper_jax.codec.checkpoint import abstract_model, save_codec, variable_names
+from bagpiper_jax.convert.hf_audio_encoder import abstract_params
 from bagpiper_jax.data.demo import tiny_codec_config, tiny_encoder_config
-from bagpiper_jax.params_io import load_params, save_params
-from bagpiper_jax.sharding import make_mesh
-from bagpiper_jax.train.checkpoint import RunCheckpoints
+from bagpiper_jax.model.create import abstract_model as abstract_bagpiper
+from bagpiper_jax.sharding import make_mesh, state_shardings
 from bagpiper_jax.train.state import abstract_state, init_state, train_state_shardings
 
 from helpers import tiny_config
@@ -41,13 +45,13 @@ def setup(hf_dir, tmp_path_factory):  # noqa: F811
     """Tiny HF Qwen3 + random codec/encoder params dirs + a config naming them, converted by
     ``hf-qwen3`` on the 8-device fsdp mesh, then exported by ``to-torch`` (sharded)."""
     root = tmp_path_factory.mktemp("convert")
-    cfg = tiny_config(f"data.codec={root}/codec", f"model.audio_encoder={root}/encoder")
+    cfg = tiny_config(f"assets.codec={root}/codec", f"assets.audio_encoder={root}/encoder")
     rng = np.random.default_rng(0)
     draw = lambda spec: rng.normal(size=spec.shape).astype(spec.dtype)  # random values, real structure
     codec_cfg = tiny_codec_config()
     save_codec(root / "codec", codec_cfg, {k: draw(v) for k, v in variable_names(abstract_model(codec_cfg)).items()})
     encoder_cfg = tiny_encoder_config(cfg.model.continuous_dim, 100)
-    save_params(root / "encoder", jax.tree.map(draw, abstract_params(encoder_cfg)), encoder_cfg.to_dict())
+    save_tower_params(root / "encoder", encoder_cfg, jax.tree.map(draw, abstract_params(encoder_cfg)))
     (root / "cfg.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     assert main(["hf-qwen3", "--hf", str(hf_dir[0]), "--config", str(root / "cfg.yaml"), "--out",
                  str(root / "ckpt")]) == 0
@@ -56,9 +60,18 @@ def setup(hf_dir, tmp_path_factory):  # noqa: F811
     return root, cfg
 
 
+def refused(capsys, argv: list[str], pattern: str) -> None:
+    """``bagpiper-convert argv`` exits 1, its last stderr line (after any progress bar) the
+    error on one line matching ``pattern``, no traceback."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+    assert re.search(pattern, last) and last.startswith(f"bagpiper-convert {argv[0]}: ") and "Traceback" not in err, err
+
+
 def logits_of(ckpt, cfg, tokens, devices=1):
     mesh = make_mesh(cfg.mesh, jax.devices()[:devices])
-    graphdef, state, _ = load_model_params(ckpt, cfg.model, mesh, cfg.mesh.rules)
+    graphdef, state = ParamsSource(ckpt).restore(cfg, mesh)
     with jax.set_mesh(mesh):
         return stream0_text_logits(graphdef, state, [tokens], len(tokens), nnx.merge(graphdef, state).vocab)
 
@@ -80,7 +93,8 @@ def test_hf_qwen3_checkpoint_matches_hf(setup, hf_dir):  # noqa: F811
     np.testing.assert_array_equal(np.asarray(params["stream_emb"]["value"]), 0)
     kernel = np.asarray(params["adaptor_kernel"]["value"])
     assert abs(kernel.std() - cfg.model.init_std) < 0.2 * cfg.model.init_std
-    assert json.loads((root / "ckpt" / "config.json").read_text())["step"] == 0
+    info = json.loads((root / "ckpt" / "config.json").read_text())
+    assert (info["format"], info["kind"], info["step"]) == ("bagpiper-params", "model", 0)
     for part in ("codec", "encoder"):  # the frozen modules named in the config came along
         stored = load_params(root / "ckpt" / ("codec" if part == "codec" else "audio_encoder"))
         jax.tree.map(np.testing.assert_array_equal, stored, load_params(root / part))
@@ -88,7 +102,7 @@ def test_hf_qwen3_checkpoint_matches_hf(setup, hf_dir):  # noqa: F811
 
 def test_hf_qwen3_dims_from_hf_config_without_config(hf_dir, tmp_path):  # noqa: F811
     assert main(["hf-qwen3", "--hf", str(hf_dir[0]), "--out", str(tmp_path / "ckpt")]) == 0
-    model = json.loads((tmp_path / "ckpt" / "config_resolved.json").read_text())["model"]
+    model = json.loads((tmp_path / "ckpt" / "config.json").read_text())["config"]["model"]
     tiny = tiny_config().model
     assert (model["hidden"], model["layers"], model["heads"], model["kv_heads"], model["mlp"],
             model["text_vocab_size"]) == (tiny.hidden, tiny.layers, tiny.heads, tiny.kv_heads, tiny.mlp,
@@ -96,19 +110,17 @@ def test_hf_qwen3_dims_from_hf_config_without_config(hf_dir, tmp_path):  # noqa:
     assert (model["num_special"], model["codebook_size"], model["continuous_dim"]) == (256, 1024, 2048)  # 8B
 
 
-def test_hf_qwen3_refuses_mismatched_config(hf_dir, tmp_path):  # noqa: F811
+def test_hf_qwen3_refuses_mismatched_config(hf_dir, tmp_path, capsys):  # noqa: F811
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(to_dict(tiny_config("model.mlp=96"))))
-    with pytest.raises(SystemExit, match=r"model.mlp=96 but .*config.json gives 128"):
-        main(["hf-qwen3", "--hf", str(hf_dir[0]), "--config", str(tmp_path / "cfg.yaml"), "--out",
-              str(tmp_path / "ckpt")])
+    refused(capsys, ["hf-qwen3", "--hf", str(hf_dir[0]), "--config", str(tmp_path / "cfg.yaml"), "--out",
+                     str(tmp_path / "ckpt")], r"model.mlp=96 but .*config.json gives 128")
 
 
 def test_to_torch_loads_into_qwen3_with_extended_vocab(setup, hf_dir):  # noqa: F811
     root, cfg = setup
     state = all_tensors(root / "torch")
     assert (root / "torch" / "model.safetensors.index.json").is_file()
-    vocab = nnx.merge(*load_model_params(root / "ckpt", cfg.model, make_mesh(cfg.mesh, jax.devices()[:1]),
-                                         cfg.mesh.rules)[:2]).vocab
+    vocab = nnx.merge(*ParamsSource(root / "ckpt").restore(cfg, make_mesh(cfg.mesh, jax.devices()[:1]))).vocab
     assert state["model.embed_tokens.weight"].shape == state["lm_head.weight"].shape == (vocab.size, cfg.model.hidden)
     assert state["stream_emb.weight"].shape == (cfg.model.num_streams, cfg.model.hidden)
     assert state["adaptor.continuous_audio.weight"].shape == (cfg.model.hidden, cfg.model.continuous_dim)
@@ -165,31 +177,26 @@ def test_round_trip_is_bit_exact(setup, tmp_path):
         assert np.array_equal(second[key].view(np.uint16), value.view(np.uint16)), key
 
 
-def _from_torch(state: dict, root, tmp_path, config="cfg.yaml"):
-    from safetensors.numpy import save_file
-    save_file(state, str(tmp_path / "bad.safetensors"))
-    return main(["from-torch", "--torch", str(tmp_path / "bad.safetensors"), "--config", str(root / config),
-                 "--out", str(tmp_path / "out")])
-
-
-def test_bad_torch_inputs_are_named(setup, tmp_path):
+def test_bad_torch_inputs_are_named(setup, tmp_path, capsys):
     root, cfg = setup
     state = all_tensors(root / "torch")
+
+    def from_torch_refused(tensors, pattern, config=root / "cfg.yaml"):
+        save_file(tensors, str(tmp_path / "bad.safetensors"))
+        refused(capsys, ["from-torch", "--torch", str(tmp_path / "bad.safetensors"), "--config", str(config),
+                         "--out", str(tmp_path / "out")], pattern)
+
     missing = {k: v for k, v in state.items() if k != "model.layers.1.mlp.up_proj.weight"}
-    with pytest.raises(SystemExit, match="'model.layers.1.mlp.up_proj.weight' missing"):
-        _from_torch(missing, root, tmp_path)
-    with pytest.raises(SystemExit, match=r"'stream_emb.weight' .* shape \(7, 64\)"):
-        _from_torch(state | {"stream_emb.weight": np.zeros((7, 64), np.float32)}, root, tmp_path)
-    with pytest.raises(SystemExit, match=r"no place .*'model.layers.2.mlp.up_proj.weight'"):
-        _from_torch(state | {"model.layers.2.mlp.up_proj.weight": np.zeros(3, np.float32)}, root, tmp_path)
-    bad_codec = {k: v for k, v in state.items() if k != CODEC + "fc.weight"}
-    with pytest.raises(SystemExit, match="'fc.weight' missing"):
-        _from_torch(bad_codec, root, tmp_path)
+    from_torch_refused(missing, "'model.layers.1.mlp.up_proj.weight' missing")
+    from_torch_refused(state | {"stream_emb.weight": np.zeros((7, 64), np.float32)},
+                       r"'stream_emb.weight' .* shape \(7, 64\)")
+    from_torch_refused(state | {"model.layers.2.mlp.up_proj.weight": np.zeros(3, np.float32)},
+                       r"no place .*'model.layers.2.mlp.up_proj.weight'")
+    from_torch_refused({k: v for k, v in state.items() if k != CODEC + "fc.weight"}, "'fc.weight' missing")
     (tmp_path / "plain.yaml").write_text(yaml.safe_dump(to_dict(tiny_config())))
-    with pytest.raises(SystemExit, match="set data.codec"):
-        _from_torch(state, root, tmp_path, config=tmp_path / "plain.yaml")
-    with pytest.raises(SystemExit, match="neither a model checkpoint"):
-        main(["to-torch", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x")])
+    from_torch_refused(state, "set assets.codec", config=tmp_path / "plain.yaml")
+    refused(capsys, ["to-torch", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x")],
+            "neither a model checkpoint")
 
 
 def test_writer_checks_the_plan(tmp_path):
@@ -238,7 +245,6 @@ def test_lazy_save_writes_what_standard_save_writes(tmp_path, monkeypatch):
 def test_torch_files_are_memory_mapped(tmp_path):
     """Zip-format .pt/.bin are memory-mapped and release() drops the pages read; legacy
     (non-zip) files are read whole."""
-    import re
     tensors = {"a": torch.arange(2048.0).reshape(2, 1024), "b": torch.ones(4, dtype=torch.bfloat16)}
     torch.save(tensors, tmp_path / "zip.pt")
     torch.save(tensors, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
@@ -273,7 +279,8 @@ def test_model_checkpoint_restores_onto_other_meshes(setup):
     for overrides, devices in ((["mesh.data=2", "mesh.fsdp=4"], 8), ([], 1)):
         c = tiny_config(*overrides)
         mesh = make_mesh(c.mesh, jax.devices()[:devices])
-        _, state, shardings = load_model_params(root / "ckpt", c.model, mesh, c.mesh.rules)
+        _, state = ParamsSource(root / "ckpt").restore(c, mesh)
+        shardings = state_shardings(abstract_bagpiper(c.model, c.runtime, c.mesh.rules)[1], mesh, c.mesh.rules)
         embed = state["embed"].get_raw_value()
         assert embed.sharding == shardings["embed"].get_raw_value() and embed.sharding.mesh.shape == mesh.shape
         values = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
@@ -282,8 +289,7 @@ def test_model_checkpoint_restores_onto_other_meshes(setup):
         else:
             jax.tree.map(np.testing.assert_array_equal, values, reference)
     with pytest.raises(ConfigError, match="model.hidden=32 but .* has 64"):
-        c = tiny_config("model.hidden=32")
-        load_model_params(root / "ckpt", c.model, make_mesh(c.mesh), c.mesh.rules)
+        ParamsSource(root / "ckpt").restore(tiny_config("model.hidden=32"))
 
 
 def test_init_from_accepts_model_checkpoint_and_hf_dir(setup, hf_dir):  # noqa: F811
@@ -291,7 +297,7 @@ def test_init_from_accepts_model_checkpoint_and_hf_dir(setup, hf_dir):  # noqa: 
     mesh = make_mesh(cfg.mesh)
     from_ckpt = load_init_params(root / "ckpt", cfg, mesh)
     from_hf = load_init_params(hf_dir[0], cfg, mesh)
-    expected = load_hf_qwen3(hf_dir[0], cfg.model, mesh, cfg.mesh.rules, cfg.seed)[1]
+    expected = load_hf_qwen3(hf_dir[0], cfg.model, cfg.runtime, mesh, cfg.mesh.rules, cfg.seed)[1]
     jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(from_hf), nnx.to_pure_dict(expected))
     jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(from_ckpt), nnx.to_pure_dict(expected))
 
@@ -301,7 +307,7 @@ def test_run_directory_to_torch(setup, tmp_path):
     --step; only the params are read."""
     root, cfg = setup
     mesh = make_mesh(cfg.mesh)
-    _, params, _ = load_model_params(root / "ckpt", cfg.model, mesh, cfg.mesh.rules)
+    _, params = ParamsSource(root / "ckpt").restore(cfg, mesh)
     tx = optax.adamw(1e-3)
     state = init_state(params, tx, train_state_shardings(abstract_state(params, tx), mesh, cfg.mesh.rules))
     run = tmp_path / "run"
@@ -318,7 +324,7 @@ def test_run_directory_to_torch(setup, tmp_path):
     with pytest.raises(CheckpointError, match="no step 6; steps: \\[5, 7\\]"):
         ParamsSource(run, 6)
     # All params at once onto another mesh (what bagpiper-generate loads), without the optimizer state.
-    _, restored = source.restore(cfg.model, make_mesh(cfg.mesh, jax.devices()[:1]), cfg.mesh.rules)
+    _, restored = source.restore(cfg, make_mesh(cfg.mesh, jax.devices()[:1]))
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), restored, params)
     main(["to-torch", "--checkpoint", str(run), "--step", "5", "--out", str(tmp_path / "t.safetensors")])
     ours, reference = all_tensors(tmp_path / "t.safetensors"), all_tensors(root / "torch")
@@ -331,14 +337,14 @@ def test_run_directory_to_torch(setup, tmp_path):
 def test_training_starts_from_a_model_checkpoint(demo_root, tmp_path):
     """train.init_from = a model checkpoint: with lr 0 the run's first checkpoint holds
     exactly its params (read back through the run-directory export path)."""
-    from bagpiper_jax.convert.model_checkpoint import AudioModules, save_model_checkpoint
+    from bagpiper_jax.checkpoint.model_checkpoint import FrozenModules, save_model_checkpoint
     from bagpiper_jax.model.create import init_model
     from bagpiper_jax.train.trainer import train
     from helpers import demo_config
     cfg = demo_config(demo_root, f"run_dir={tmp_path}/run", f"train.init_from={tmp_path}/init", "train.steps=1",
                       "train.lr=0.0", "train.eval_every=1000")
-    _, params, _ = init_model(cfg.model, make_mesh(cfg.mesh), cfg.mesh.rules, seed=7)
-    save_model_checkpoint(tmp_path / "init", cfg, params, AudioModules(), source="test")
+    _, params, _ = init_model(cfg.model, cfg.runtime, make_mesh(cfg.mesh), cfg.mesh.rules, seed=7)
+    save_model_checkpoint(tmp_path / "init", cfg, params, FrozenModules(), source="test")
     train(cfg, progress=False)
     source = ParamsSource(tmp_path / "run")
     assert source.step == 1

@@ -11,6 +11,7 @@ from bagpiper_jax.data.pipeline import DataError, build_pipeline, packing_effici
 from bagpiper_jax.data.prepare import write_index, write_shard
 from bagpiper_jax.data.records import PreparedExample, PreparedMessage
 from bagpiper_jax.data.template import example_frames
+from bagpiper_jax.model.batch import Batch
 from bagpiper_jax.vocab import Vocab
 
 from helpers import tiny_config
@@ -58,9 +59,17 @@ def prepared(tmp_path_factory):
 
 def pipeline(prepared_dir, **overrides):
     fields = dict(prepared=str(prepared_dir), row_frames=256, batch_rows=4, max_pieces_per_row=4, piece_frames=200,
-                  mel_frames_per_row=1024, packing_bins=8, cfg_drop=0.3, shuffle_seed=1)
-    process = {k: overrides.pop(k) for k in ("process_index", "process_count", "epochs") if k in overrides}
-    return build_pipeline(DataConfig(**{**fields, **overrides}), VOCAB, output_lengths, MEL_BINS, **process)
+                  mel_frames_per_row=1024, packing_bins=8, guidance_drop=0.3, shuffle_seed=1)
+    shard = {k: overrides.pop(k) for k in ("shard_index", "shard_count", "epochs") if k in overrides}
+    return build_pipeline(DataConfig(**{**fields, **overrides}), VOCAB, output_lengths, MEL_BINS, **shard)
+
+
+def fields(batch: Batch) -> dict:
+    """A batch's arrays by name (pieces prefixed ``mel_``, ``mel`` itself the log-mel stream)."""
+    p = batch.pieces
+    return {"ids": batch.ids, "segment_ids": batch.segment_ids, "positions": batch.positions,
+            "loss_mask": batch.loss_mask, "mel": p.mel, "mel_offset": p.offset, "mel_lengths": p.lengths,
+            "mel_clip_lengths": p.clip_lengths, "mel_start": p.start}
 
 
 def mel_of(example: PreparedExample) -> np.ndarray:
@@ -72,8 +81,9 @@ def test_packed_rows_are_well_formed(prepared):
     assert pipe.report == {"records": 91, "kept": 90, "skipped_overlong": 1, "skipped_audio_budget": 0,
                            "truncated": 0}
     batches = list(itertools.islice(iter(pipe), 6))
+    assert all(isinstance(b, Batch) for b in batches)
     cfg_dropped, pieces_seen = [], 0
-    for b in batches:
+    for b in map(fields, batches):
         assert b["ids"].shape == (4, 256, 8) and b["mel"].shape == (4, 1024, MEL_BINS)
         assert b["mel_offset"].shape == (4, 4)
         for r in range(4):
@@ -110,7 +120,7 @@ def test_packed_rows_are_well_formed(prepared):
                 pieces_seen += 1
             np.testing.assert_array_equal(b["mel"][r, mel_used:], 0)
             assert np.all(b["mel_start"][r][b["mel_lengths"][r] == 0] == -1)
-    assert cfg_dropped  # cfg_drop=0.3 hit some examples
+    assert cfg_dropped  # guidance_drop=0.3 hit some examples
     assert pieces_seen
     efficiency = np.mean([packing_efficiency(b) for b in batches])
     print(f"packing efficiency {efficiency:.3f}")
@@ -131,8 +141,8 @@ def test_resume_yields_identical_batches(prepared, workers):
     expected = [next(it) for _ in range(3)]
     resumed = iter(pipeline(prepared[0], workers=workers))
     resumed.set_state(state)
-    for want in expected:
-        got = next(resumed)
+    for want in map(fields, expected):
+        got = fields(next(resumed))
         for k in want:
             np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
@@ -141,6 +151,7 @@ def segments_first_tokens(batches):
     """Example index of every packed segment (its first text token)."""
     found = []
     for b in batches:
+        b = b if isinstance(b, dict) else fields(b)
         for r in range(len(b["ids"])):
             seg = b["segment_ids"][r]
             for s in sorted(set(seg[seg > 0])):
@@ -151,10 +162,10 @@ def segments_first_tokens(batches):
     return found
 
 
-def test_two_processes_cover_the_epoch_exactly_once(prepared):
+def test_two_input_shards_cover_the_epoch_exactly_once(prepared):
     seen = []
     for p in range(2):
-        pipe = pipeline(prepared[0], process_index=p, process_count=2, epochs=1, cfg_drop=0.0, batch_rows=4)
+        pipe = pipeline(prepared[0], shard_index=p, shard_count=2, epochs=1, guidance_drop=0.0, batch_rows=4)
         seen += segments_first_tokens(list(iter(pipe)))
     assert sorted(seen) == list(range(90))
 

@@ -12,11 +12,12 @@ import pytest
 import soundfile as sf
 from flax import nnx
 
+from bagpiper_jax.audio_encoder.pieces import Continuous
+from bagpiper_jax.codec.interleave import interleaved_ids
 from bagpiper_jax.config import GenerateConfig
 from bagpiper_jax.generate.decode import Prompts, decode
-from bagpiper_jax.codec.interleave import interleaved_ids
 from bagpiper_jax.generate.output import Segment, audio_codes, split_segments
-from bagpiper_jax.generate.rules import NOT_ENDED, RowState, Rules, modality_plan
+from bagpiper_jax.generate.rules import NOT_ENDED, DecodeRules, RowState, modality_plan
 from bagpiper_jax.model import Batch, init_model
 from bagpiper_jax.model.kv_cache import KVCache
 from bagpiper_jax.sharding import make_mesh
@@ -33,8 +34,8 @@ SMALL = GenerateConfig(max_text_frames=5, min_audio_frames=2, max_audio_frames=6
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = tiny_config("model.remat=none")
-    graphdef, params, _ = init_model(cfg.model, make_mesh(cfg.mesh, jax.devices()[:1]), ())
+    cfg = tiny_config("runtime.remat=none")
+    graphdef, params, _ = init_model(cfg.model, cfg.runtime, make_mesh(cfg.mesh, jax.devices()[:1]), ())
     return nnx.merge(graphdef, params)
 
 
@@ -61,13 +62,13 @@ def left_padded(items, length: int = 0, continuous_slots: int = 8) -> Prompts:
         first[r] = length - len(f)
         ids[r, first[r]:] = f
         cont[r, :len(feats)], cont_frames[r, :len(where)] = feats, where + first[r]
-    return Prompts(jnp.asarray(ids), jnp.asarray(first), jnp.asarray(cont), jnp.asarray(cont_frames))
+    return Prompts(jnp.asarray(ids), jnp.asarray(first), Continuous(jnp.asarray(cont), jnp.asarray(cont_frames)))
 
 
-def run(model, prompts, cfg=SMALL, plan=(), cfg_scale=None, seed=0):
+def run(model, prompts, settings=SMALL, plan=(), guidance_scale=None, seed=0):
     graphdef, params = nnx.split(model)
-    rules = Rules(model.vocab, cfg, modality_plan(plan))
-    scale = None if cfg_scale is None else jnp.float32(cfg_scale)
+    rules = DecodeRules(model.vocab, settings, modality_plan(plan))
+    scale = None if guidance_scale is None else jnp.float32(guidance_scale)
     out = decode(graphdef, params, prompts, jax.random.key(seed), scale, rules=rules, slots=SLOTS)
     return jax.tree.map(np.asarray, out)
 
@@ -83,13 +84,12 @@ def full_logits(model, frames, first, end, prompts):
     """Uncached logits of the whole decoded rows (left padding as segment 0)."""
     slots = np.arange(frames.shape[1])[None]
     batch = Batch(jnp.asarray(frames), jnp.asarray((slots >= first[:, None]) & (slots < end[:, None]), jnp.int32),
-                  jnp.asarray(np.maximum(slots - first[:, None], 0)), None, prompts.continuous,
-                  prompts.continuous_frames)
+                  jnp.asarray(np.maximum(slots - first[:, None], 0)), None)
 
     @jax.jit
     def logits(params):
         m = nnx.merge(graphdef, params)
-        return m.stream_logits(m.hidden_states(batch))
+        return m.stream_logits(m.hidden_states(batch, prompts.continuous))
 
     graphdef, params = nnx.split(model)
     return jax.tree.map(np.asarray, logits(params))
@@ -113,16 +113,15 @@ def test_cached_decoding_equals_full_forward_at_every_step(model, prompts):
     graphdef, params = nnx.split(model)
 
     @jax.jit
-    def extend(params, ids, cache, start, continuous=None, continuous_frames=None):
+    def extend(params, ids, cache, start, continuous=None):
         m = nnx.merge(graphdef, params)
-        hidden, cache = m.extend(ids, ps.first, cache, start, continuous, continuous_frames)
+        hidden, cache = m.extend(ids, ps.first, cache, start, continuous)
         return m.stream_logits(hidden), cache
 
     prefill = 12  # both rows' continuous frames lie inside the prefill
-    assert np.asarray(ps.continuous_frames).max() < prefill
+    assert np.asarray(ps.continuous.frames).max() < prefill
     cache = KVCache.zeros(cfg.layers, 2, length + 3, cfg.kv_heads, cfg.head_dim, jnp.float32)
-    (got0, got_rest), cache = extend(params, ps.ids[:, :prefill], cache, jnp.int32(0), ps.continuous,
-                                     ps.continuous_frames)
+    (got0, got_rest), cache = extend(params, ps.ids[:, :prefill], cache, jnp.int32(0), ps.continuous)
     errors = []
     for r in range(2):  # real (non-padding) prefill frames
         errors.append(np.abs(np.asarray(got0)[r, first[r]:] - want0[r, first[r]:prefill]).max())
@@ -146,7 +145,7 @@ def test_greedy_decoding_picks_the_allowed_argmax_of_the_full_forward(model, gre
     """Every decoded frame of the jitted loop is the restricted argmax of the uncached
     forward over the final sequence (the loop's cache, masks and bookkeeping agree)."""
     ps, cfg, out = greedy
-    rules = Rules(model.vocab, cfg)
+    rules = DecodeRules(model.vocab, cfg)
     first, prompt_frames = np.asarray(ps.first), ps.ids.shape[1]
     logits0, rest = full_logits(model, out.frames, first, out.end, ps)
     streams, block = model.vocab.num_streams, model.vocab.stream_block
@@ -221,11 +220,11 @@ def test_sampled_ids_stay_in_their_ranges_and_audio_deinterleaves(model, sampled
     assert not (out.frames[:3] == out.frames[3:]).all()  # repeated prompts draw different samples
 
 
-def test_cfg_scale_one_equals_no_cfg(model, prompts, sampled):
+def test_guidance_scale_one_equals_no_guidance(model, prompts, sampled):
     ps, cfg, plain = sampled
-    one = run(model, ps, cfg, ("text", "audio", "audio"), cfg_scale=1.0, seed=3)
+    one = run(model, ps, cfg, ("text", "audio", "audio"), guidance_scale=1.0, seed=3)
     np.testing.assert_array_equal(one.frames, plain.frames)
-    three = run(model, ps, cfg, ("text", "audio", "audio"), cfg_scale=3.0, seed=3)
+    three = run(model, ps, cfg, ("text", "audio", "audio"), guidance_scale=3.0, seed=3)
     assert not (three.frames == plain.frames).all()
     for r in range(len(three.end)):
         check_answer(model.vocab, cfg, three.frames[r], ps.ids.shape[1], int(three.end[r]), ("text", "audio", "audio"))
@@ -233,7 +232,7 @@ def test_cfg_scale_one_equals_no_cfg(model, prompts, sampled):
 
 def test_rules_restrict_stream0_per_phase(model):
     vocab = model.vocab
-    rules = Rules(vocab, SMALL, modality_plan(("text", "audio")))
+    rules = DecodeRules(vocab, SMALL, modality_plan(("text", "audio")))
     ids = np.arange(vocab.size)
 
     def allowed(phase, segment=0, step=0, audio_end=NOT_ENDED):

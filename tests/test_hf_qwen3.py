@@ -9,8 +9,8 @@ from flax import nnx
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from bagpiper_jax.config import ConfigError
-from bagpiper_jax.convert.hf_qwen3 import load_hf_qwen3, model_config_from_hf, read_hf_config
-from bagpiper_jax.convert.tensor_reader import CheckpointError
+from bagpiper_jax.checkpoint.hf_qwen3 import load_hf_qwen3, model_config_from_hf, read_hf_config
+from bagpiper_jax.checkpoint.errors import CheckpointError
 from bagpiper_jax.model import Batch
 from bagpiper_jax.sharding import make_mesh
 
@@ -26,7 +26,7 @@ def hf_dir(tmp_path_factory):
                          num_hidden_layers=m.layers, num_attention_heads=m.heads,
                          num_key_value_heads=m.kv_heads, head_dim=m.head_dim, rms_norm_eps=m.rms_eps,
                          rope_parameters={"rope_type": "default", "rope_theta": m.rope_theta},
-                         max_position_embeddings=m.max_frames, tie_word_embeddings=False)
+                         max_position_embeddings=tiny_config().runtime.max_frames, tie_word_embeddings=False)
     model = Qwen3ForCausalLM(hf_cfg).eval()
     with torch.no_grad():  # HF init leaves norms at one: randomise them so they are tested
         for name, p in model.named_parameters():
@@ -68,7 +68,7 @@ def test_text_logits_match_hf_single_and_packed(hf_dir, devices):
     path, hf_model = hf_dir
     cfg = tiny_config(*(["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"] if devices == 8 else []))
     mesh = make_mesh(cfg.mesh, jax.devices()[:devices])
-    graphdef, state, _ = load_hf_qwen3(path, cfg.model, mesh, cfg.mesh.rules)
+    graphdef, state, _ = load_hf_qwen3(path, cfg.model, cfg.runtime, mesh, cfg.mesh.rules)
     rng = np.random.default_rng(0)
     a = rng.integers(0, cfg.model.text_vocab_size, 23).tolist()
     b = rng.integers(0, cfg.model.text_vocab_size, 14).tolist()
@@ -84,7 +84,7 @@ def test_text_logits_match_hf_single_and_packed(hf_dir, devices):
 def test_vocabulary_extension(hf_dir):
     path, hf_model = hf_dir
     cfg = tiny_config()
-    load = lambda devices, seed: nnx.merge(*load_hf_qwen3(path, cfg.model, make_mesh(cfg.mesh, devices),
+    load = lambda devices, seed: nnx.merge(*load_hf_qwen3(path, cfg.model, cfg.runtime, make_mesh(cfg.mesh, devices),
                                                           cfg.mesh.rules, seed=seed)[:2])
     model = load(jax.devices()[:1], 0)
     v = model.vocab
@@ -120,7 +120,7 @@ def test_mismatched_heads_are_named(hf_dir):
     path, _ = hf_dir
     cfg = tiny_config("model.heads=8", "model.kv_heads=2")
     with pytest.raises(ConfigError, match=r"model.heads=8 but .*config.json gives 4"):
-        load_hf_qwen3(path, cfg.model, make_mesh(cfg.mesh, jax.devices()[:1]), cfg.mesh.rules)
+        load_hf_qwen3(path, cfg.model, cfg.runtime, make_mesh(cfg.mesh, jax.devices()[:1]), cfg.mesh.rules)
 
 
 def test_missing_and_misshapen_tensors_are_named(hf_dir, tmp_path):
@@ -132,8 +132,8 @@ def test_missing_and_misshapen_tensors_are_named(hf_dir, tmp_path):
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "model.safetensors")
     mesh = make_mesh(cfg.mesh, jax.devices()[:1])
     with pytest.raises(CheckpointError, match="'model.layers.1.mlp.up_proj.weight' missing"):
-        load_hf_qwen3(tmp_path, cfg.model, mesh, cfg.mesh.rules)
+        load_hf_qwen3(tmp_path, cfg.model, cfg.runtime, mesh, cfg.mesh.rules)
     state["model.layers.1.mlp.up_proj.weight"] = torch.zeros(7, 5)
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"'model.layers.1.mlp.up_proj.weight' .* shape \(7, 5\)"):
-        load_hf_qwen3(tmp_path, cfg.model, mesh, cfg.mesh.rules)
+        load_hf_qwen3(tmp_path, cfg.model, cfg.runtime, mesh, cfg.mesh.rules)

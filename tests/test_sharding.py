@@ -3,32 +3,42 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bagpiper_jax.audio_encoder.pieces import Continuous
 from bagpiper_jax.config import ConfigError, MeshConfig
 from bagpiper_jax.model.create import init_model
-from bagpiper_jax.model.step import batch_shardings, jit_loss_and_grad
 from bagpiper_jax.sharding import logical_to_spec, make_mesh
+from bagpiper_jax.vocab import Vocab
 
 from helpers import packed_batch, tiny_config
 
 
-def run(cfg, devices, batch):
-    mesh = make_mesh(cfg.mesh, devices)
-    graphdef, params, shardings = init_model(cfg.model, mesh, cfg.mesh.rules, seed=3)
-    step = jit_loss_and_grad(graphdef, shardings, batch_shardings(batch, mesh, cfg.mesh.rules), mesh)
+def run(cfg, devices, batch, continuous):
+    """Loss and gradients jitted with the params' and the batch's shardings on ``devices``."""
+    mesh, rules = make_mesh(cfg.mesh, devices), cfg.mesh.rules
+    graphdef, params, shardings = init_model(cfg.model, cfg.runtime, mesh, rules, seed=3)
+
+    def named(*axes):
+        return NamedSharding(mesh, logical_to_spec(axes, rules))
+
+    grad_fn = jax.value_and_grad(lambda p, b, c: nnx.merge(graphdef, p).loss(b, c), has_aux=True)
+    step = jax.jit(grad_fn, in_shardings=(shardings, batch.shardings(mesh, rules),
+                                          Continuous(named("activation_batch", None, None),
+                                                     named("activation_batch", None))),
+                   out_shardings=((named(), named()), shardings))
     with jax.set_mesh(mesh):
-        (loss, metrics), grads = step(params, batch)
+        (loss, metrics), grads = step(params, batch, continuous)
     return params, loss, metrics, grads
 
 
 @pytest.fixture(scope="module")
 def one_and_eight():
-    cfg8 = tiny_config("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "model.loss_chunk=32")
-    cfg1 = tiny_config("model.loss_chunk=32")
-    batch = packed_batch(__import__("bagpiper_jax").Vocab.from_config(cfg1.model), cfg1.model.continuous_dim,
-                         rows=4)
-    return cfg8, run(cfg1, jax.devices()[:1], batch), run(cfg8, jax.devices(), batch)
+    cfg8 = tiny_config("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "runtime.loss_chunk=32")
+    cfg1 = tiny_config("runtime.loss_chunk=32")
+    batch, continuous = packed_batch(Vocab.from_config(cfg1.model), cfg1.model.continuous_dim, rows=4)
+    return cfg8, run(cfg1, jax.devices()[:1], batch, continuous), run(cfg8, jax.devices(), batch, continuous)
 
 
 def host(tree):

@@ -11,7 +11,8 @@ import pytest
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
 from bagpiper_jax.config import load_config
 from bagpiper_jax.sharding import make_mesh
-from bagpiper_jax.train.aot import abstract_encoder, device_memory_gib, tpu_devices
+from bagpiper_jax.audio_encoder.frozen import FrozenTower
+from bagpiper_jax.train.aot import device_memory_gib, tpu_devices
 from bagpiper_jax.train.program import build_program
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -27,8 +28,9 @@ def test_pod_configs_are_the_8b_model_with_a_1m_frame_batch(name, chips):
     cfg, base = load_config(CONFIGS / name), load_config(CONFIGS / "8b.yaml")
     tunable = ("remat", "attention", "splash_block_q", "splash_block_kv", "splash_block_kv_compute",
                "splash_fused_bwd", "loss_chunk")
-    assert dataclasses.replace(cfg.model, **{f: getattr(base.model, f) for f in tunable}) == base.model
-    assert cfg.model.attention == "splash"
+    assert cfg.model == base.model
+    assert dataclasses.replace(cfg.runtime, **{f: getattr(base.runtime, f) for f in tunable}) == base.runtime
+    assert cfg.runtime.attention == "splash"
     assert cfg.data.batch_rows * cfg.data.row_frames == 2**20
     assert cfg.data.batch_rows % (chips // cfg.mesh.tensor) == 0  # whole rows per data x fsdp shard
 
@@ -37,8 +39,8 @@ def test_pod_configs_are_the_8b_model_with_a_1m_frame_batch(name, chips):
 @pytest.mark.slow  # 20-40 s: XLA:TPU compile on the CPU host
 def test_tiny_train_step_compiles_for_v5p_with_fsdp_tensor_and_splash():
     cfg = load_config(CONFIGS / "tiny.yaml", [
-        "model.attention=splash", "model.splash_block_q=128", "model.splash_block_kv=128",
-        "model.splash_block_kv_compute=128", "model.dtype=bfloat16", "model.continuous_dim=16",
+        "runtime.attention=splash", "runtime.splash_block_q=128", "runtime.splash_block_kv=128",
+        "runtime.splash_block_kv_compute=128", "runtime.dtype=bfloat16", "model.continuous_dim=16",
         "mesh.fsdp=2", "mesh.tensor=2", "data.row_frames=256", "data.batch_rows=4", "data.max_pieces_per_row=2",
         "data.piece_frames=200", "train.grad_accum=2"])
     devices = tpu_devices("v5p:2x2x1")
@@ -48,7 +50,7 @@ def test_tiny_train_step_compiles_for_v5p_with_fsdp_tensor_and_splash():
                                downsample_hidden_size=8, output_dim=16, n_window_infer=200)
     # conftest sets "highest" matmul precision; Mosaic rejects fp32 contraction on bf16 operands.
     with jax.default_matmul_precision("default"):
-        compiled, _ = build_program(cfg, mesh, abstract_encoder(mesh, cfg.mesh.rules, tower)).compile()
+        compiled, _ = build_program(cfg, mesh, FrozenTower.abstract(mesh, cfg.mesh.rules, tower)).compile()
     assert "tpu_custom_call" in compiled.as_text()  # the Splash (Mosaic) kernel, not XLA attention
     memory = device_memory_gib(compiled)
     assert 0 < memory["total_gib"] < 1

@@ -6,11 +6,11 @@ import jax
 import numpy as np
 from flax import nnx
 
+from bagpiper_jax.checkpoint.run import RunCheckpoints
 from bagpiper_jax.model.create import abstract_model, init_model
-from bagpiper_jax.sharding import make_mesh
-from bagpiper_jax.train.checkpoint import RunCheckpoints
+from bagpiper_jax.sharding import make_mesh, with_shardings
 from bagpiper_jax.train.optimizer import learning_rate, make_optimizer
-from bagpiper_jax.train.state import abstract_state, init_state, train_state_shardings, with_shardings
+from bagpiper_jax.train.state import abstract_state, init_state, train_state_shardings
 from bagpiper_jax.train.step import make_train_step
 from bagpiper_jax.train.trainer import train
 
@@ -54,7 +54,7 @@ def test_restore_onto_another_mesh(demo_root, tmp_path):
     cfg = demo_config(demo_root, f"run_dir={tmp_path}/r", "train.steps=3", "mesh.data=8", "mesh.fsdp=1", *common)
     # The checkpoint restores onto the 8x1 mesh with the values it has on the 2x4 one.
     tx = make_optimizer(cfg.train)
-    abstract = abstract_state(abstract_model(cfg.model, cfg.mesh.rules)[1], tx)
+    abstract = abstract_state(abstract_model(cfg.model, cfg.runtime, cfg.mesh.rules)[1], tx)
     ckpts = RunCheckpoints(tmp_path / "r" / "checkpoints", 3)
     restored = [ckpts.restore_state(2, with_shardings(abstract, train_state_shardings(
         abstract, make_mesh(c.mesh), cfg.mesh.rules))) for c in (cfg, demo_config(demo_root, *wide))]
@@ -72,11 +72,10 @@ def test_gradient_accumulation_equals_one_big_batch():
     cfg = tiny_config()
     mesh = make_mesh(cfg.mesh, jax.devices()[:1])
     tx = make_optimizer(cfg.train)
-    graphdef, params, shardings = init_model(cfg.model, mesh, cfg.mesh.rules)
-    abstract = abstract_state(abstract_model(cfg.model, cfg.mesh.rules)[1], tx)
+    graphdef, params, shardings = init_model(cfg.model, cfg.runtime, mesh, cfg.mesh.rules)
+    abstract = abstract_state(abstract_model(cfg.model, cfg.runtime, cfg.mesh.rules)[1], tx)
     state_sh = train_state_shardings(abstract, mesh, cfg.mesh.rules)
-    b = packed_batch(nnx.merge(graphdef, params).vocab, cfg.model.continuous_dim, rows=4)
-    batch = {"ids": b.ids, "segment_ids": b.segment_ids, "positions": b.positions, "loss_mask": b.loss_mask}
+    batch, _ = packed_batch(nnx.merge(graphdef, params).vocab, cfg.model.continuous_dim, rows=4)
     results = []
     for accum in (1, 2, 4):
         step = jax.jit(make_train_step(graphdef, None, tx, learning_rate(cfg.train), accum))

@@ -7,15 +7,12 @@ the shipped checkpoint sets to 2048.
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 from bagpiper_jax.config import ConfigError
 
 # Frames per conv chunk is 2 * n_window; HF's length formula hard-codes 13 tokens per
 # full chunk, which is the conv output length of a 100-frame chunk only.
 SUPPORTED_N_WINDOW = 50
-HF_MODEL_TYPE = "qwen3_omni_moe_audio_encoder"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,45 +77,6 @@ class AudioEncoderConfig:
     def conv_freq_bins(self) -> int:
         """Mel axis length after the three stride-2 convs (16 for 128 bins)."""
         return conv_out_length(self.num_mel_bins)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_hf_dict(self) -> dict:
-        """A config.json body that ``Qwen3OmniMoeAudioEncoder.from_pretrained`` accepts."""
-        return {"model_type": HF_MODEL_TYPE, "architectures": ["Qwen3OmniMoeAudioEncoder"], **self.to_dict()}
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> "AudioEncoderConfig":
-        """Builds from a dict holding (at least) these fields; unknown keys are ignored,
-        as HF configs carry many fields (dropout, init range) that do not matter here."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in values.items() if k in fields}
-        try:
-            return cls(**kwargs)
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from e
-
-    @classmethod
-    def from_hf_config(cls, path: str | Path) -> "AudioEncoderConfig":
-        """Reads an HF config.json (or the directory holding it): either a bare audio
-        encoder config or a full Qwen3-Omni config with ``thinker_config.audio_config``."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "config.json"
-        if not path.is_file():
-            raise ConfigError(f"{path} missing: not a HuggingFace model directory")
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from e
-        if values.get("model_type") == HF_MODEL_TYPE:
-            return cls.from_dict(values, str(path))
-        audio = values.get("thinker_config", {}).get("audio_config")
-        if audio is None:
-            raise ConfigError(f"{path}: neither a '{HF_MODEL_TYPE}' config nor one with "
-                              f"'thinker_config.audio_config' (model_type={values.get('model_type')!r})")
-        return cls.from_dict(audio, f"{path} thinker_config.audio_config")
 
 
 def conv_out_length(frames):

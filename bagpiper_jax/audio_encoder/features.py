@@ -30,7 +30,7 @@ DYNAMIC_RANGE = 8.0
 @functools.lru_cache(maxsize=4)
 def mel_filters(n_mels: int = 128) -> np.ndarray:
     """Slaney mel filter bank, float32 ``[N_FFT // 2 + 1, n_mels]`` (librosa, 0–8 kHz)."""
-    import librosa
+    import librosa  # slow to import (numba); needed once per process for the filter bank
     bank = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels, fmin=0.0, fmax=SAMPLE_RATE / 2,
                                htk=False, norm="slaney", dtype=np.float64)
     return np.ascontiguousarray(bank.T, dtype=np.float32)

@@ -7,44 +7,27 @@ truncated at 300 s) and runs the audio tower; writes float32 ``[tokens, output_d
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
+from flax import nnx
+
+from bagpiper_jax.audio_encoder.features import HOP, SAMPLE_RATE, log_mel, num_frames
+from bagpiper_jax.audio_io import AudioError, load_audio
+from bagpiper_jax.checkpoint.errors import CheckpointError
+from bagpiper_jax.checkpoint.frozen_modules import load_tower
+from bagpiper_jax.cli.command import add_common_flags, run
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bagpiper-audio-features", description=__doc__.splitlines()[0])
-    parser.add_argument("--encoder", required=True, help="audio encoder params directory (bagpiper-convert "
-                                                         "hf-audio-encoder output)")
-    parser.add_argument("input", help="audio file (wav, flac, ogg)")
-    parser.add_argument("output", help="output .npy file")
-    parser.add_argument("--no-normalize", action="store_true", help="skip the zero-mean/unit-variance "
-                                                                     "waveform normalisation")
-    parser.add_argument("--channel", type=int, default=None, help="use this channel instead of the average")
-    args = parser.parse_args(argv)
-
-    from flax import nnx
-
-    from bagpiper_jax.audio_encoder.checkpoint import load_tower
-    from bagpiper_jax.audio_encoder.features import HOP, SAMPLE_RATE, log_mel, num_frames
-    from bagpiper_jax.audio_io import AudioError, load_audio
-
-    try:
-        wav = load_audio(args.input, SAMPLE_RATE, channel=args.channel)
-    except AudioError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 1
+def _features(args: argparse.Namespace) -> int:
+    wav = load_audio(args.input, SAMPLE_RATE, channel=args.channel)
     if num_frames(len(wav)) == 0:
-        print(f"{parser.prog}: error: audio file {args.input} has {len(wav)} samples at {SAMPLE_RATE} Hz, "
-              f"fewer than one mel frame ({HOP})", file=sys.stderr)
-        return 1
+        raise AudioError(f"audio file {args.input} has {len(wav)} samples at {SAMPLE_RATE} Hz, fewer than one mel "
+                         f"frame ({HOP})")
     try:
         tower = load_tower(args.encoder)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"{parser.prog}: error: cannot load audio encoder: {e}", file=sys.stderr)
-        return 1
-
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot load audio encoder: {e}") from e
     lengths = np.array([len(wav)], np.int32)
     features, frame_lengths = log_mel(wav[None], lengths, n_mels=tower.config.num_mel_bins,
                                       normalize=not args.no_normalize)
@@ -56,5 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bagpiper-audio-features", description=__doc__.splitlines()[0])
+    parser.add_argument("--encoder", required=True, help="audio encoder params directory (bagpiper-convert "
+                                                         "hf-audio-encoder output)")
+    parser.add_argument("input", help="audio file (wav, flac, ogg)")
+    parser.add_argument("output", help="output .npy file")
+    parser.add_argument("--no-normalize", action="store_true", help="skip the zero-mean/unit-variance "
+                                                                     "waveform normalisation")
+    parser.add_argument("--channel", type=int, default=None, help="use this channel instead of the average")
+    add_common_flags(parser)
+    return run(parser.prog, parser.parse_args(argv), _features, distributed=False)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

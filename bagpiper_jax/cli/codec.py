@@ -12,14 +12,14 @@ directory from ``bagpiper-convert hf-xcodec``.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import numpy as np
 
 from bagpiper_jax.audio_io import AudioError, load_audio, save_audio
-from bagpiper_jax.codec.checkpoint import CodecCheckpointError, load_codec_config
+from bagpiper_jax.checkpoint.frozen_modules import load_codec, load_codec_config
+from bagpiper_jax.cli.command import add_common_flags, run
 from bagpiper_jax.codec.tokenizer import XCodecTokenizer, check_codes
-from bagpiper_jax.config import ConfigError
+from bagpiper_jax.errors import BagpiperError
 
 
 def _encode(args) -> None:
@@ -29,7 +29,7 @@ def _encode(args) -> None:
         raise AudioError(f"audio file {args.input} has {wav.shape[0]} samples at {cfg.sample_rate} Hz; "
                          f"at least {cfg.min_samples} are needed for one codec frame")
     num_quantizers = cfg.quantizers_for_bandwidth(args.bandwidth)
-    codes = XCodecTokenizer.load(args.codec, batch_size=1).encode([wav], bandwidth=args.bandwidth)[0]
+    codes = XCodecTokenizer(load_codec(args.codec), batch_size=1).encode([wav], bandwidth=args.bandwidth)[0]
     np.save(args.output, codes)
     print(f"{args.input}: {wav.shape[0]} samples -> codes {codes.shape} ({num_quantizers} codebooks) "
           f"in {args.output}")
@@ -40,9 +40,12 @@ def _decode(args) -> None:
     try:
         codes = np.load(args.input, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read codes from {args.input}: {e}") from e
-    check_codes(codes, cfg, name=f"codes in {args.input}")
-    wav = XCodecTokenizer.load(args.codec, batch_size=1).decode([codes])[0]
+        raise BagpiperError(f"cannot read codes from {args.input}: {e}") from e
+    try:
+        check_codes(codes, cfg, name=f"codes in {args.input}")
+    except ValueError as e:
+        raise BagpiperError(str(e)) from e
+    wav = XCodecTokenizer(load_codec(args.codec), batch_size=1).decode([codes])[0]
     save_audio(args.output, wav, cfg.sample_rate)
     print(f"{args.input}: codes {codes.shape} -> {wav.shape[0]} samples in {args.output}")
 
@@ -63,14 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     dec.add_argument("input")
     dec.add_argument("output")
     dec.set_defaults(run=_decode)
+    add_common_flags(parser)
     args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except (AudioError, CodecCheckpointError, ConfigError, ValueError) as e:
-        print(f"bagpiper-codec {args.command}: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run(f"bagpiper-codec {args.command}", args, args.run, distributed=False)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

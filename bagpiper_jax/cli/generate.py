@@ -3,7 +3,7 @@
     bagpiper-generate --checkpoint CKPT --config CFG --audio IN.wav [--question Q]
     bagpiper-generate --checkpoint CKPT --config CFG --text "A loud low sine tone." --out OUT.wav
     (both at once work too; trailing key=value arguments override the config, e.g.
-    generate.audio_cfg_scale=2 generate.samples=4)
+    generate.audio_guidance_scale=2 generate.samples=4)
 
 ``CKPT``: a model checkpoint, a run directory (latest step) or ``<run>/checkpoints/<step>``.
 Understanding writes the clip's rich caption and, with ``--question``, the answer after it
@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 from pathlib import Path
 
-from bagpiper_jax.distributed import initialize_from_env
+import jax
+import numpy as np
+
+from bagpiper_jax.audio_io import SAMPLE_RATE, save_audio
+from bagpiper_jax.cli.command import add_common_flags, run
+from bagpiper_jax.config import load_config
+from bagpiper_jax.generate import Generator
+from bagpiper_jax.sharding import make_mesh
 
 
 def _wav_paths(out: str, samples: int) -> list[Path]:
@@ -30,15 +35,7 @@ def _wav_paths(out: str, samples: int) -> list[Path]:
     return [path.with_name(f"{path.stem}-{k}{path.suffix}") for k in range(samples)]
 
 
-def _run(args) -> dict:
-    import jax
-    import numpy as np
-
-    from bagpiper_jax.audio_io import SAMPLE_RATE, save_audio
-    from bagpiper_jax.config import load_config
-    from bagpiper_jax.generate import Generator
-    from bagpiper_jax.sharding import make_mesh
-
+def _generate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     devices = jax.devices()[:args.devices] if args.devices else None
     generator = Generator.from_checkpoint(args.checkpoint, cfg, make_mesh(cfg.mesh, devices))
@@ -78,7 +75,8 @@ def _run(args) -> dict:
     result["timing"] = {"frames": frames, "decode_s": round(decode_s, 3),
                         "compile_s": round(sum(r.compile_s for r in runs), 3),
                         "frames_per_s": round(frames / decode_s, 1) if decode_s else None}
-    return result
+    print(json.dumps(result), flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="PRNG seed (default generate.seed)")
     parser.add_argument("--devices", type=int, default=0, help="use the first N devices (default: all)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key.path=value")
+    add_common_flags(parser)
     args = parser.parse_args(argv)
     if not args.audio and not args.text:
         parser.error("give --audio (caption/answer) and/or --text (audio generation)")
@@ -100,19 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--question needs --audio")
     if args.text and not args.out:
         parser.error("--text needs --out OUT.wav")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    initialize_from_env()
-    from bagpiper_jax.audio_io import AudioError
-    from bagpiper_jax.config import ConfigError
-    from bagpiper_jax.convert.tensor_reader import CheckpointError
-    from bagpiper_jax.data.text_tokenizer import TokenizerError
-    try:
-        result = _run(args)
-    except (AudioError, CheckpointError, ConfigError, TokenizerError, FileNotFoundError, ValueError) as e:
-        print(f"bagpiper-generate: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(result), flush=True)
-    return 0
+    return run(parser.prog, args, _generate)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """XCodec configuration: the fields of HF ``XcodecConfig`` (and its HuBERT / DAC
-sub-configs) that the Flax model needs, read from an HF ``config.json``.
+sub-configs) that the Flax model needs (read from an HF ``config.json`` by
+:mod:`bagpiper_jax.convert.hf_xcodec`).
 
 The defaults are the shipped ``hf-audio/xcodec-hubert-general`` configuration: 16 kHz,
 hop 320 (50 frames/s), 1024-entry codebooks, 8 quantizers at 4 kbps.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 from bagpiper_jax.config import ConfigError
 
@@ -54,19 +54,12 @@ class DacConfig:
     hidden_size: int = 256
 
 
-# HF sub-config fields that change the math but that this implementation does not
-# support: (field, the only supported value).
-_HUBERT_FIXED = (("feat_extract_norm", "group"), ("do_stable_layer_norm", False),
-                 ("conv_pos_batch_norm", False), ("hidden_act", "gelu"),
-                 ("feat_extract_activation", "gelu"))
-
-
 @dataclasses.dataclass(frozen=True)
 class XCodecConfig:
-    target_bandwidths: tuple[float, ...] = (0.5, 1, 1.5, 2, 4)
+    target_bandwidths: tuple[int | float, ...] = (0.5, 1, 1.5, 2, 4)  # numbers kept as given (HF types)
     sample_rate: int = 16_000
     kernel_size: int = 3
-    channel_ratios: tuple[float, ...] = (1, 1)
+    channel_ratios: tuple[int | float, ...] = (1, 1)
     strides: tuple[int, ...] = (1, 1)
     block_dilations: tuple[int, ...] = (1, 1)
     unit_kernel_size: int = 3
@@ -130,91 +123,3 @@ class XCodecConfig:
                               f"{list(self.target_bandwidths)}")
         per_quantizer = math.log2(self.codebook_size) * self.frame_rate / 1000
         return int(max(1, math.floor(bandwidth / per_quantizer))) if bandwidth > 0 else self.num_quantizers
-
-    # ---- (de)serialisation ------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "XCodecConfig":
-        """Inverse of :meth:`to_dict` (strict: unknown keys raise, naming ``source``)."""
-        d = dict(d)
-        semantic = _build(HubertConfig, d.pop("semantic", {}), f"{source}: semantic")
-        acoustic = _build(DacConfig, d.pop("acoustic", {}), f"{source}: acoustic")
-        return _build(cls, d, source, semantic=semantic, acoustic=acoustic)
-
-    @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "XCodecConfig":
-        """Builds from an HF ``XcodecConfig`` dict; fields we do not model are ignored
-        unless they change the math, in which case an unsupported value raises."""
-        if d.get("model_type", "xcodec") != "xcodec":
-            raise ConfigError(f"{source}: model_type is {d.get('model_type')!r}, expected 'xcodec'")
-        sem = d.get("semantic_model_config") or {}
-        if sem.get("model_type", "hubert") != "hubert":
-            raise ConfigError(f"{source}: semantic_model_config.model_type is {sem.get('model_type')!r}; "
-                              "only 'hubert' is supported")
-        for key, value in _HUBERT_FIXED:
-            if key in sem and sem[key] != value:
-                raise ConfigError(f"{source}: semantic_model_config.{key} = {sem[key]!r} is not supported "
-                                  f"(only {value!r})")
-        ac = d.get("acoustic_model_config") or {}
-        if ac.get("model_type", "dac") != "dac":
-            raise ConfigError(f"{source}: acoustic_model_config.model_type is {ac.get('model_type')!r}, "
-                              "expected 'dac'")
-        semantic = _build(HubertConfig, _known(HubertConfig, sem), f"{source}: semantic_model_config")
-        acoustic = _build(DacConfig, _known(DacConfig, ac), f"{source}: acoustic_model_config")
-        top = {k: v for k, v in _known(cls, d).items() if k not in ("semantic", "acoustic")}
-        cfg = _build(cls, top, source, semantic=semantic, acoustic=acoustic)
-        if d.get("codebook_dim") not in (None, cfg.codebook_dim):
-            raise ConfigError(f"{source}: codebook_dim {d['codebook_dim']} must equal acoustic + semantic "
-                              f"hidden sizes ({cfg.codebook_dim})")
-        return cfg
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        """An HF ``XcodecConfig`` dict that ``XcodecConfig(**d)`` / ``from_pretrained`` accepts."""
-        top = {k: _jsonable(v) for k, v in self.to_dict().items() if k not in ("semantic", "acoustic")}
-        semantic = {k: _jsonable(v) for k, v in dataclasses.asdict(self.semantic).items()}
-        semantic.update({k: v for k, v in _HUBERT_FIXED}, model_type="hubert",
-                        num_feat_extract_layers=len(self.semantic.conv_dim))
-        acoustic = {k: _jsonable(v) for k, v in dataclasses.asdict(self.acoustic).items()}
-        acoustic.update(model_type="dac", hop_length=self.hop_length)
-        return {**top, "model_type": "xcodec", "architectures": ["XcodecModel"],
-                "codebook_dim": self.codebook_dim, "semantic_model_config": semantic,
-                "acoustic_model_config": acoustic}
-
-
-def _jsonable(v):
-    return list(v) if isinstance(v, tuple) else v
-
-
-def _known(cls, d: dict) -> dict:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in d.items() if k in names}
-
-
-def _build(cls, d: dict, source: str, **extra):
-    """Instantiates a config dataclass, coercing lists to tuples and checking types."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    defaults = cls()
-    kwargs = dict(extra)
-    for key, value in d.items():
-        if key not in names:
-            raise ConfigError(f"{source}: unknown field {key!r}")
-        default = getattr(defaults, key)
-        if isinstance(default, tuple):
-            if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"{source}: field {key!r} must be a list, got {value!r}")
-            value = tuple(value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{source}: field {key!r} must be a bool, got {value!r}")
-        elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{source}: field {key!r} must be an int, got {value!r}")
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{source}: field {key!r} must be a number, got {value!r}")
-            value = float(value)
-        kwargs[key] = value
-    return cls(**kwargs)

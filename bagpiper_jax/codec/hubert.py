@@ -13,8 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bagpiper_jax.codec.config import HubertConfig
-from bagpiper_jax.codec.layers import (CHANNELS, IN, KERNEL, OUT, Conv1d, LayerNorm, Linear, conv1d, gelu,
-                                       time_mask)
+from bagpiper_jax.codec.layers import CHANNELS, IN, KERNEL, OUT, Conv1d, LayerNorm, Linear, conv1d, gelu, time_mask
 from bagpiper_jax.sharding import param
 
 

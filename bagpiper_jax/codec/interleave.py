@@ -11,19 +11,21 @@ import numpy as np
 from bagpiper_jax.vocab import Vocab
 
 
-def delay_interleave(x: np.ndarray, pad_values) -> np.ndarray:
+def delay_interleave(x: np.ndarray, pad_values, out: np.ndarray | None = None) -> np.ndarray:
     """``[T, S]`` -> ``[T + S - 1, S]``: column ``n`` delayed by ``n`` frames, the ``S - 1``
-    free cells of column ``n`` set to ``pad_values[n]``."""
+    free cells of column ``n`` set to ``pad_values[n]``. Written into ``out`` when given
+    (e.g. a slice of a preallocated sequence), else into a new array of ``x``'s dtype."""
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"expected [frames, streams], got shape {x.shape}")
     frames, streams = x.shape
-    pad_values = np.asarray(pad_values, x.dtype)
+    pad_values = np.asarray(pad_values)
     if pad_values.shape != (streams,):
         raise ValueError(f"need one pad value per stream ({streams}), got shape {pad_values.shape}")
-    out = np.broadcast_to(pad_values, (frames + streams - 1, streams)).copy()
-    for n in range(streams):
-        out[n:n + frames, n] = x[:, n]
+    if out is None:
+        out = np.empty((frames + streams - 1, streams), x.dtype)
+    out[...] = pad_values
+    out[np.arange(frames)[:, None] + np.arange(streams), np.arange(streams)] = x
     return out
 
 
@@ -66,8 +68,7 @@ def interleaved_ids(codes: np.ndarray, vocab: Vocab) -> np.ndarray:
     """Codes ``[T, S]`` -> delay-interleaved unified ids ``[T + S - 1, S]`` (training format)."""
     codes = np.asarray(codes)
     _check_streams(codes, vocab)
-    pads = [vocab.audio_pad(n) for n in range(codes.shape[1])]
-    return delay_interleave(codes_to_ids(codes, vocab), np.asarray(pads, np.int32))
+    return delay_interleave(codes_to_ids(codes, vocab), vocab.audio_pads[:codes.shape[1]])
 
 
 def codes_from_interleaved_ids(ids: np.ndarray, vocab: Vocab) -> np.ndarray:

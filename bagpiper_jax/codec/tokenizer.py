@@ -6,14 +6,13 @@ Clips are grouped by bucket (a padded length of the form ``m * 2**e`` hops with 
 to ``batch_size`` rows and encoded in one jitted call per group. Results are identical to
 encoding each clip alone (``XCodec.encode`` neutralises padding layer by layer).
 
-    tok = XCodecTokenizer.load("codec_params/")
+    tok = XCodecTokenizer(load_codec("codec_params/"))   # bagpiper_jax.checkpoint.frozen_modules
     codes = tok.encode([wav_a, wav_b])        # list of int32 [frames_i, 8]
     wavs = tok.decode(codes)                  # list of float32 [frames_i * 320]
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -21,7 +20,6 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from bagpiper_jax.codec.checkpoint import load_codec
 from bagpiper_jax.codec.config import XCodecConfig
 from bagpiper_jax.codec.xcodec import XCodec
 from bagpiper_jax.sharding import Rules, logical_to_spec, state_shardings
@@ -93,11 +91,6 @@ class XCodecTokenizer:
         shardings = {} if mesh is None else {"in_shardings": (state_sharding, batch_sharding, batch_sharding)}
         self._encode = jax.jit(encode, static_argnums=3, **shardings)
         self._decode = jax.jit(decode, **shardings)
-
-    @classmethod
-    def load(cls, directory: str | Path, **kwargs) -> "XCodecTokenizer":
-        """From a codec params directory (``bagpiper-convert hf-xcodec`` output)."""
-        return cls(load_codec(directory), **kwargs)
 
     @property
     def hop_length(self) -> int:

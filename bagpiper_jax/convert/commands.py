@@ -1,5 +1,8 @@
-"""``bagpiper-convert`` subcommands for the transformer checkpoints (DESIGN §8).
+"""The conversions behind ``bagpiper-convert`` (DESIGN §8), one function per subcommand.
 
+- ``hf-xcodec --hf DIR --out DIR``: HF XCodec -> codec params directory;
+- ``hf-audio-encoder --hf DIR --out DIR``: the audio tower of an HF Qwen3-Omni (or bare
+  tower) directory -> audio tower params directory;
 - ``hf-qwen3 --hf DIR [--config CFG] --out CKPT``: HF Qwen3 -> step-0 model checkpoint;
 - ``to-torch --checkpoint CKPT|RUN_DIR [--step N] --out FILE_OR_DIR``: any checkpoint ->
   the reference PyTorch layout (or, with ``--hf-text-only``, a plain HF Qwen3 directory);
@@ -21,17 +24,26 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from bagpiper_jax.audio_encoder.checkpoint import load_config as load_encoder_config
-from bagpiper_jax.codec.checkpoint import load_codec_config
+from bagpiper_jax.checkpoint.errors import CheckpointError
+from bagpiper_jax.checkpoint.frozen_modules import load_codec_config, load_tower_config, save_codec, save_tower_params
+from bagpiper_jax.checkpoint.hf_qwen3 import (
+    backbone_entries,
+    hf_config_dict,
+    load_hf_qwen3,
+    model_config_from_hf,
+    read_hf_config,
+)
+from bagpiper_jax.checkpoint.model_checkpoint import (
+    FrozenModules,
+    ParamsSource,
+    load_frozen_modules,
+    save_model_checkpoint,
+)
+from bagpiper_jax.checkpoint.params_dir import load_params
+from bagpiper_jax.checkpoint.safetensors_writer import write_safetensors
+from bagpiper_jax.checkpoint.tensor_reader import TensorReader
 from bagpiper_jax.config import Config, ConfigError, load_config
-from bagpiper_jax.convert import torch_layout
-from bagpiper_jax.convert.hf_qwen3 import (backbone_entries, hf_config_dict, load_hf_qwen3, model_config_from_hf,
-                                           read_hf_config)
-from bagpiper_jax.convert.model_checkpoint import (AudioModules, ParamsSource, load_audio_modules,
-                                                   save_model_checkpoint)
-from bagpiper_jax.convert.safetensors_writer import write_safetensors
-from bagpiper_jax.convert.tensor_reader import CheckpointError, TensorReader
-from bagpiper_jax.params_io import load_params
+from bagpiper_jax.convert import hf_audio_encoder, hf_xcodec, torch_layout
 from bagpiper_jax.sharding import make_mesh
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -44,6 +56,18 @@ def parse_size(text: str) -> int:
     if not match or match.group(2).upper() not in _UNITS:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 5GB, 500MiB, 1000000)")
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def convert_hf_xcodec(hf_dir: str | Path, out: str | Path) -> Path:
+    """HF XCodec directory -> codec params directory."""
+    cfg, params = hf_xcodec.import_hf_xcodec(hf_dir)
+    return save_codec(out, cfg, params)
+
+
+def convert_hf_audio_encoder(hf_dir: str | Path, out: str | Path) -> Path:
+    """The audio tower of an HF Qwen3-Omni (or bare tower) directory -> params directory."""
+    config, params = hf_audio_encoder.import_hf(hf_dir)
+    return save_tower_params(out, config, params)
 
 
 def convert_hf_qwen3(hf_dir: str | Path, out: str | Path, config: str | Path | None = None,
@@ -59,8 +83,9 @@ def convert_hf_qwen3(hf_dir: str | Path, out: str | Path, config: str | Path | N
     mesh = make_mesh(cfg.mesh)
     total = len(backbone_entries(cfg.model)) + 2  # + embed, lm_head
     with tqdm(total=total, unit="tensor", desc="read HF Qwen3", disable=not progress) as bar:
-        _, params, _ = load_hf_qwen3(hf_dir, cfg.model, mesh, cfg.mesh.rules, cfg.seed, bar.update, lazy=True)
-        modules = load_audio_modules(cfg.data.codec, cfg.model.audio_encoder)
+        _, params, _ = load_hf_qwen3(hf_dir, cfg.model, cfg.runtime, mesh, cfg.mesh.rules, cfg.seed, bar.update,
+                                     lazy=True)
+        modules = load_frozen_modules(cfg.assets.codec, cfg.assets.audio_encoder)
         return save_model_checkpoint(out, cfg, params, modules, source=f"hf-qwen3 {Path(hf_dir).absolute()}")
 
 
@@ -79,7 +104,7 @@ def to_torch(checkpoint: str | Path, out: str | Path, step: int | None = None, d
     if not hf_text_only and source.codec_dir:
         parts.append(torch_layout.codec_tensors(load_params(source.codec_dir), np_dtype))
     if not hf_text_only and source.encoder_dir:
-        parts.append(torch_layout.encoder_tensors(load_encoder_config(source.encoder_dir),
+        parts.append(torch_layout.encoder_tensors(load_tower_config(source.encoder_dir),
                                                   load_params(source.encoder_dir), np_dtype))
     parts.append(torch_layout.model_tensors(torch_layout.model_entries(cfg, hf_text_only), source.params,
                                             source.read, np_dtype))
@@ -91,7 +116,8 @@ def to_torch(checkpoint: str | Path, out: str | Path, step: int | None = None, d
                                   bar.update)
     if hf_text_only:
         name = (np_dtype or source.params["embed"][1]).name
-        (out / "config.json").write_text(json.dumps(hf_config_dict(cfg, name), indent=2))
+        (out / "config.json").write_text(json.dumps(hf_config_dict(cfg, name, source.config.runtime.max_frames),
+                                                    indent=2))
         files.append(out / "config.json")
     return files
 
@@ -99,23 +125,24 @@ def to_torch(checkpoint: str | Path, out: str | Path, step: int | None = None, d
 def from_torch(torch_path: str | Path, config: str | Path, out: str | Path, progress: bool = True) -> Path:
     """Reference-layout PyTorch weights (safetensors, or ``.pt``/``.bin`` loaded with
     ``weights_only=True``) -> model checkpoint. Codec / audio tower tensors need
-    ``data.codec`` / ``model.audio_encoder`` params directories in ``config`` (their
+    ``assets.codec`` / ``assets.audio_encoder`` params directories in ``config`` (their
     ``config.json`` gives the module's dimensions)."""
     cfg = load_config(config)
     reader = TensorReader(torch_path)
     torch_layout.check_no_unknown(reader, cfg.model)
-    modules = AudioModules()
+    modules = FrozenModules()
     if torch_layout.has_prefix(reader, torch_layout.CODEC_PREFIX):
-        codec_cfg = load_codec_config(_module_dir(cfg.data.codec, "data.codec", "codec", torch_path))
+        codec_cfg = load_codec_config(_module_dir(cfg.assets.codec, "assets.codec", "codec", torch_path))
         modules.codec = (codec_cfg, torch_layout.read_codec(torch_path, codec_cfg))
     if torch_layout.has_prefix(reader, torch_layout.ENCODER_PREFIX):
-        directory = _module_dir(cfg.model.audio_encoder, "model.audio_encoder", "audio tower", torch_path)
-        encoder_cfg = load_encoder_config(directory)
+        directory = _module_dir(cfg.assets.audio_encoder, "assets.audio_encoder", "audio tower", torch_path)
+        encoder_cfg = load_tower_config(directory)
         modules.audio_encoder = (encoder_cfg, torch_layout.read_encoder(torch_path, encoder_cfg))
     mesh = make_mesh(cfg.mesh)
     entries = torch_layout.model_entries(cfg.model)
     with tqdm(total=len(entries), unit="tensor", desc="convert torch", disable=not progress) as bar:
-        _, params, _ = torch_layout.read_model(reader, cfg.model, mesh, cfg.mesh.rules, bar.update, lazy=True)
+        _, params, _ = torch_layout.read_model(reader, cfg.model, cfg.runtime, mesh, cfg.mesh.rules, bar.update,
+                                               lazy=True)
         return save_model_checkpoint(out, cfg, params, modules,
                                      source=f"from-torch {Path(torch_path).absolute()}")
 
@@ -125,46 +152,3 @@ def _module_dir(value: str, field: str, what: str, torch_path) -> str:
         raise ConfigError(f"{torch_path} holds {what} tensors: set {field} to its params directory "
                           f"(whose config.json gives the {what}'s dimensions)")
     return value
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("hf-qwen3", help="HF Qwen3 directory -> step-0 Bagpiper model checkpoint",
-                              description=convert_hf_qwen3.__doc__)
-    p.add_argument("--hf", required=True, help="HF Qwen3 directory (config.json + safetensors)")
-    p.add_argument("--config", help="run config (default: dimensions from the HF config, else 8B defaults)")
-    p.add_argument("--out", required=True, help="output model checkpoint directory")
-    p.set_defaults(run=_command(lambda a: convert_hf_qwen3(a.hf, a.out, a.config)))
-
-    p = subparsers.add_parser("to-torch", help="Bagpiper checkpoint -> PyTorch reference layout (safetensors)",
-                              description=to_torch.__doc__)
-    p.add_argument("--checkpoint", required=True, help="model checkpoint, or run directory (holding checkpoints/)")
-    p.add_argument("--step", type=int, help="step of a run directory (default: the latest)")
-    p.add_argument("--out", required=True, help="FILE.safetensors, or a directory (sharded above --max-shard-size)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="output dtype (default: as stored)")
-    p.add_argument("--max-shard-size", type=parse_size, default=parse_size(DEFAULT_MAX_SHARD_SIZE),
-                   help=f"bytes per safetensors shard of a directory output, e.g. 2GB (default {DEFAULT_MAX_SHARD_SIZE})")
-    p.add_argument("--hf-text-only", action="store_true",
-                   help="write a plain HF Qwen3 directory: the backbone with the text rows only")
-    p.set_defaults(run=_command(lambda a: to_torch(a.checkpoint, a.out, a.step, a.dtype, a.max_shard_size,
-                                                   a.hf_text_only)))
-
-    p = subparsers.add_parser("from-torch", help="PyTorch reference layout -> Bagpiper model checkpoint",
-                              description=from_torch.__doc__)
-    p.add_argument("--torch", required=True, help="safetensors file/directory, or .pt/.bin (weights only)")
-    p.add_argument("--config", required=True, help="run config giving the model dimensions")
-    p.add_argument("--out", required=True, help="output model checkpoint directory")
-    p.set_defaults(run=_command(lambda a: from_torch(a.torch, a.config, a.out)))
-
-
-def _command(convert):
-    """``args -> exit status``: runs ``convert(args)``, prints what it wrote, and turns
-    checkpoint/config errors into a one-line message naming the subcommand."""
-    def run(args: argparse.Namespace) -> int:
-        try:
-            written = convert(args)
-        except (CheckpointError, ConfigError, FileNotFoundError) as e:
-            raise SystemExit(f"bagpiper-convert {args.command}: {e}") from e
-        files = [written] if isinstance(written, Path) else written
-        print(f"wrote {files[0]}" if len(files) == 1 else f"wrote {len(files)} files to {files[0].parent}")
-        return 0
-    return run

@@ -10,8 +10,8 @@ A *plain HF* export (``text_only``) has the backbone with just the text rows of 
 vocabulary tables, loadable by ``transformers.AutoModelForCausalLM``.
 
 Export yields one tensor at a time from one param at a time; import reads memory-mapped
-tensors shard by shard (``hf_qwen3.read_entries``), one param at a time as it is written
-(``lazy_save``). Layout changes are transposes and
+tensors shard by shard (``checkpoint.layout.read_entries``), one param at a time as it is
+written (``lazy_save``). Layout changes are transposes and
 reshapes only, so torch -> ours -> torch is bit-exact.
 """
 from __future__ import annotations
@@ -24,14 +24,16 @@ import numpy as np
 from jax.sharding import Mesh
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
-from bagpiper_jax.audio_encoder.hf_import import iter_hf_tensors, params_from_reader
+from bagpiper_jax.checkpoint.errors import CheckpointError
+from bagpiper_jax.checkpoint.hf_qwen3 import backbone_entries
+from bagpiper_jax.checkpoint.layout import Entry, Layout, fill_state, read_entries
+from bagpiper_jax.checkpoint.safetensors_writer import TensorSpec
+from bagpiper_jax.checkpoint.tensor_reader import TensorReader
 from bagpiper_jax.codec.config import XCodecConfig
-from bagpiper_jax.codec.hf_import import PREFIX as CODEC_PREFIX
-from bagpiper_jax.codec.hf_import import export_hf_state, params_from_hf_state
-from bagpiper_jax.config import ModelConfig
-from bagpiper_jax.convert.hf_qwen3 import Entry, Layout, backbone_entries, fill_state, read_entries
-from bagpiper_jax.convert.safetensors_writer import TensorSpec
-from bagpiper_jax.convert.tensor_reader import CheckpointError, TensorReader
+from bagpiper_jax.config import ModelConfig, RuntimeConfig
+from bagpiper_jax.convert.hf_audio_encoder import iter_hf_tensors, params_from_reader
+from bagpiper_jax.convert.hf_xcodec import PREFIX as CODEC_PREFIX
+from bagpiper_jax.convert.hf_xcodec import export_hf_state, params_from_hf_state
 from bagpiper_jax.model.create import abstract_model
 from bagpiper_jax.sharding import Rules, state_shardings
 from bagpiper_jax.vocab import Vocab
@@ -97,7 +99,7 @@ def encoder_tensors(config: AudioEncoderConfig, params: dict, dtype=None) -> tup
     return specs, iter_hf_tensors(config, params, ENCODER_PREFIX, dtype)
 
 
-def read_model(reader: TensorReader, cfg: ModelConfig, mesh: Mesh, rules: Rules,
+def read_model(reader: TensorReader, cfg: ModelConfig, runtime: RuntimeConfig, mesh: Mesh, rules: Rules,
                progress: Callable[[int], None] = lambda n: None, lazy: bool = False):
     """Our transformer params from reference-layout tensors, sharded on ``mesh``.
 
@@ -105,10 +107,10 @@ def read_model(reader: TensorReader, cfg: ModelConfig, mesh: Mesh, rules: Rules,
     a missing or mis-shaped tensor raises ``CheckpointError`` naming its key (before any
     is read). ``lazy``: the params are ``LazyArray`` s, each read when ``lazy_save`` writes it.
     """
-    graphdef, abstract = abstract_model(cfg, rules)
+    graphdef, abstract = abstract_model(cfg, runtime, rules)
     shardings = state_shardings(abstract, mesh, rules)
     params = read_entries(reader, model_entries(cfg), abstract, shardings, progress, lazy)
-    return graphdef, fill_state(cfg, rules, mesh, shardings, params), shardings
+    return graphdef, fill_state(cfg, runtime, rules, mesh, shardings, params), shardings
 
 
 def has_prefix(reader: TensorReader, prefix: str) -> bool:

@@ -2,11 +2,12 @@
 
 Under the folder that holds ``data.prepared`` (``data/demo`` in the shipped config):
 ``corpus/`` (the synthetic clips and manifests of :mod:`bagpiper_jax.data.demo_corpus`),
-the byte-level BPE tokenizer trained on its captions (``data.tokenizer``), a tiny
-random-weight XCodec (``data.codec``) and audio tower (``model.audio_encoder``) with the
+the byte-level BPE tokenizer trained on its captions (``assets.tokenizer``), a tiny
+random-weight XCodec (``assets.codec``) and audio tower (``assets.audio_encoder``) with the
 real architectures, and the prepared shards of the training and held-out manifests
-(``data.prepared``, ``data.eval_prepared``). Real runs point these keys at Qwen3's
-tokenizer and the converted XCodec / Qwen3-Omni weights instead.
+(``data.prepared``, ``data.eval_prepared``). A config asks for this with ``data.demo:
+true``; real runs point these keys at Qwen3's tokenizer and the converted XCodec /
+Qwen3-Omni weights instead.
 """
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
+from bagpiper_jax.audio_encoder.layers import INIT_STD
+from bagpiper_jax.audio_encoder.tower import AudioTower
 from bagpiper_jax.audio_io import load_audio
+from bagpiper_jax.checkpoint.frozen_modules import save_codec, save_tower
+from bagpiper_jax.codec.config import DacConfig, HubertConfig, XCodecConfig
+from bagpiper_jax.codec.params import params_from_model
+from bagpiper_jax.codec.xcodec import XCodec
 from bagpiper_jax.config import Config
 from bagpiper_jax.data.demo_corpus import captions, write_demo_corpus
 from bagpiper_jax.data.prepare import prepare_manifest
@@ -31,7 +39,6 @@ CODEC_CALIBRATION_CLIPS = 48
 
 def tiny_codec_config():
     """XCodec with the real structure (hop 320, 8 quantizers) at toy width, 64-entry codebooks."""
-    from bagpiper_jax.codec.config import DacConfig, HubertConfig, XCodecConfig
     return XCodecConfig(
         target_bandwidths=(2.4,), codebook_size=64,
         semantic=HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -40,7 +47,7 @@ def tiny_codec_config():
 
 
 def tiny_encoder_config(output_dim: int, window: int):
-    from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
+    """The Qwen3-Omni tower's structure at toy width."""
     return AudioEncoderConfig(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
                               downsample_hidden_size=8, output_dim=output_dim, n_window_infer=window)
 
@@ -52,8 +59,6 @@ def write_random_codec(directory: str | Path, calibration: list[np.ndarray], see
     to the same entries. As XCodec's k-means codebook init does, each quantizer's entries
     are drawn from the residuals it sees on ``calibration`` clips (16 kHz float arrays).
     """
-    from bagpiper_jax.codec.checkpoint import params_from_model, save_codec
-    from bagpiper_jax.codec.xcodec import XCodec
     cfg = tiny_codec_config()
     model = XCodec(cfg, rngs=nnx.Rngs(seed))
     lengths = np.asarray([len(w) for w in calibration], np.int32)
@@ -77,9 +82,6 @@ def write_random_encoder(directory: str | Path, output_dim: int, window: int, se
     would hardly differ between clips and the demo model could not learn what it hears.
     The front end and the projections are rescaled to unit gain (std 1/sqrt(fan_in)).
     """
-    from bagpiper_jax.audio_encoder.checkpoint import save_tower
-    from bagpiper_jax.audio_encoder.layers import INIT_STD
-    from bagpiper_jax.audio_encoder.tower import AudioTower
     tower = AudioTower(tiny_encoder_config(output_dim, window), rngs=nnx.Rngs(seed))
     for layer in (tower.conv2d1, tower.conv2d2, tower.conv2d3, tower.conv_out, tower.proj1, tower.proj2):
         fan_in = math.prod(layer.kernel.shape[:-1])
@@ -95,13 +97,14 @@ def ensure_demo_prepared(cfg: Config, examples: int = 400, heldout: int = 40) ->
     if not (corpus / "heldout.jsonl").is_file():
         log.info("writing the demo corpus to %s", corpus)
         write_demo_corpus(corpus, examples=examples, heldout=heldout, seed=cfg.seed)
-    if not Path(cfg.data.tokenizer).is_file():
-        train_byte_bpe(captions(corpus / "manifest.jsonl"), min(512, cfg.model.text_vocab_size), cfg.data.tokenizer)
-    if not (Path(cfg.data.codec) / "config.json").is_file():
+    assets = cfg.assets
+    if not Path(assets.tokenizer).is_file():
+        train_byte_bpe(captions(corpus / "manifest.jsonl"), min(512, cfg.model.text_vocab_size), assets.tokenizer)
+    if not (Path(assets.codec) / "config.json").is_file():
         clips = sorted((corpus / "wav").glob("*.wav"))[:CODEC_CALIBRATION_CLIPS]
-        write_random_codec(cfg.data.codec, [load_audio(c) for c in clips], cfg.seed)
-    if cfg.model.audio_encoder and not (Path(cfg.model.audio_encoder) / "config.json").is_file():
-        write_random_encoder(cfg.model.audio_encoder, cfg.model.continuous_dim, cfg.data.piece_frames, cfg.seed)
+        write_random_codec(assets.codec, [load_audio(c) for c in clips], cfg.seed)
+    if assets.audio_encoder and not (Path(assets.audio_encoder) / "config.json").is_file():
+        write_random_encoder(assets.audio_encoder, cfg.model.continuous_dim, cfg.data.piece_frames, cfg.seed)
     for manifest, out in (("manifest.jsonl", cfg.data.prepared), ("heldout.jsonl", cfg.data.eval_prepared)):
         if out and not (Path(out) / "index.json").is_file():
             prepare_manifest(cfg, corpus / manifest, out, process_index=jax.process_index(),

@@ -21,12 +21,14 @@ import json
 from pathlib import Path
 from typing import Iterator
 
+from bagpiper_jax.errors import BagpiperError
+
 ROLES = ("system", "user", "assistant")
 MODALITIES = ("text", "audio")
 TASKS = ("text_to_audio", "audio_to_text", "text_only", "dialogue")
 
 
-class ManifestError(ValueError):
+class ManifestError(BagpiperError):
     """A manifest line is malformed; the message names the line and field. ``kind`` is a
     short category for reports."""
 

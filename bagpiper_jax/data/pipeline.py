@@ -10,16 +10,9 @@ exactly once across all processes. Examples longer than a row are skipped (or, w
 ``data.overlong=truncate``, text-only ones are cut to the row); both are counted in
 :attr:`InputPipeline.report` up front, from the index, before any data is read.
 
-A packed batch is a dict of numpy arrays (``rows`` = this process's rows)::
-
-    ids [rows, row_frames, streams] int32       segment_ids [rows, row_frames] int32 (0 = pad)
-    positions [rows, row_frames] int32          loss_mask [rows, row_frames, streams] float32
-    mel [rows, mel_frames_per_row, mel_bins] float32: the row's continuous-audio pieces back
-        to back, unpadded (zero after the last)
-    mel_offset [rows, pieces] int32 (first frame of each piece in ``mel``; 0 = unused)
-    mel_lengths [rows, pieces] int32 (0 = unused)
-    mel_clip_lengths [rows, pieces] int32 (frames of the clip each piece was cut from)
-    mel_start [rows, pieces] int32 (frame of the row where the piece's encoder tokens go; -1 = unused)
+A packed batch is a :class:`~bagpiper_jax.model.batch.Batch` of numpy arrays (this
+process's rows of ``row_frames`` frames) whose ``pieces`` hold up to ``max_pieces_per_row``
+continuous-audio pieces in ``mel_frames_per_row`` log-mel frames per row.
 
 A row closes when its frames, its ``max_pieces_per_row`` pieces or its
 ``mel_frames_per_row`` log-mel frames run out; pieces of short clips cost only their own
@@ -33,15 +26,17 @@ import logging
 from pathlib import Path
 
 import grain
-import grain.experimental as grain_exp
+import jax
 import numpy as np
+from absl import flags
 
-# Grain's packer base class (grain is pinned in setup.py); FastFirstFit replaces its hot loop.
-from grain._src.python.dataset.transformations.packing_packed_batch import FirstFitPackedBatch, get_key_name
-
+from bagpiper_jax.audio_encoder.pieces import MelPieces
 from bagpiper_jax.config import DataConfig
+from bagpiper_jax.data.packing import first_fit_pack
 from bagpiper_jax.data.records import RecordError, decode_record
-from bagpiper_jax.data.template import TokensFor, cfg_candidates, template
+from bagpiper_jax.data.template import TokensFor, guidance_candidates, template
+from bagpiper_jax.errors import BagpiperError
+from bagpiper_jax.model.batch import Batch
 from bagpiper_jax.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -49,7 +44,7 @@ FRAME_KEYS = ("ids", "loss_mask")
 PIECE_KEYS = ("mel_offset", "mel_lengths", "mel_clip_lengths", "mel_start")  # packed as one [pieces, 4] "pieces"
 
 
-class DataError(ValueError):
+class DataError(BagpiperError):
     """The prepared dataset is missing or inconsistent; names the file."""
 
 
@@ -101,43 +96,6 @@ class EpochShuffle(grain.MapDataset):
         return self._parent[int(self._order[i])]
 
 
-class FastFirstFit(FirstFitPackedBatch):
-    """Grain's first-fit packing of flat dict elements (same bins, same placement, same
-    output), without its per-element pytree walks: one length check over a
-    ``[features, bins]`` fill matrix, then plain slice writes."""
-
-    def __init__(self, element_for_shapes, num_packing_bins, length_struct, **kw):
-        super().__init__(element_for_shapes, num_packing_bins, length_struct, **kw)
-        self._keys = [get_key_name(path[0]) for path, _ in self._flat_paths_and_max]
-        self._fill = np.zeros((len(self._keys), num_packing_bins), np.int64)
-        self._counting = np.arange(int(self._capacities.max()), dtype=np.int32)
-
-    def try_add_to_batch(self, element) -> list[str] | None:
-        values = [element[k] for k in self._keys]
-        lengths = np.array([len(v) for v in values], np.int64)
-        if np.any(lengths > self._capacities):
-            raise ValueError(f"Inputs to PackedBatch must be truncated to max length: lengths "
-                             f"{dict(zip(self._keys, lengths.tolist()))}, capacities {self._length_struct}")
-        fit = self._fill + lengths[:, None] <= self._capacities[:, None]  # [features, bins]
-        if self._max_sequences_per_bin is not None:
-            fit &= self._num_examples_per_row < self._max_sequences_per_bin
-        rows = fit.all(axis=0)
-        if not rows.any():
-            fails = (~fit).sum(axis=1)
-            return [self._feature_paths[i] for i in np.argsort(-fails) if fails[i] > 0]
-        row = int(rows.argmax())
-        segment = self._num_examples_per_row[row] + 1
-        for i, (v, n) in enumerate(zip(values, lengths.tolist())):
-            if n:
-                start = int(self._fill[i, row])
-                self._flat_values[i][row, start:start + n] = v
-                self._flat_segment_ids[i][row, start:start + n] = segment
-                self._flat_positions[i][row, start:start + n] = self._counting[:n]
-                self._fill[i, row] = start + n
-        self._num_examples_per_row[row] = segment
-        return None
-
-
 @dataclasses.dataclass(frozen=True)
 class Templater:
     """Record bytes -> templated example dict (None for an undecodable record)."""
@@ -148,7 +106,7 @@ class Templater:
     mel_bins: int
     row_frames: int
     loss_region: str
-    cfg_drop: float
+    guidance_drop: float
     max_pieces: int = 1 << 30
     max_mel_frames: int = 1 << 30
 
@@ -160,11 +118,11 @@ class Templater:
             log.warning("skipping record: %s", e)
             return None
         keep = None
-        candidates = cfg_candidates(ex)
-        if candidates and rng.random() < self.cfg_drop:
+        candidates = guidance_candidates(ex)
+        if candidates and rng.random() < self.guidance_drop:
             keep = candidates[rng.integers(len(candidates))]
         out = template(ex, self.vocab, self.tokens_for, piece_frames=self.piece_frames, mel_bins=self.mel_bins,
-                       loss_region=self.loss_region, cfg_keep=keep, flat_mel=True)
+                       loss_region=self.loss_region, guidance_keep=keep)
         if len(out["mel_lengths"]) > self.max_pieces or len(out["mel"]) > self.max_mel_frames:
             log.warning("skipping example %s: %d continuous-audio pieces / %d log-mel frames exceed a row's "
                         "data.max_pieces_per_row=%d / data.mel_frames_per_row=%d", ex.id, len(out["mel_lengths"]),
@@ -185,8 +143,9 @@ def _segment_starts(segment_ids: np.ndarray, positions: np.ndarray) -> np.ndarra
 
 
 def finish_row(row: dict) -> dict:
-    """Packer output -> batch row: shared segment ids/positions, piece starts in row frames
-    and piece offsets in the row's log-mel stream."""
+    """Packer output -> batch row (the fields of :class:`Batch`, pieces prefixed ``mel_``):
+    shared segment ids/positions, piece starts in row frames and piece offsets in the row's
+    log-mel stream."""
     seg = row["ids_segment_ids"]
     pieces, piece_seg = row["pieces"], row["pieces_segment_ids"]
     used = piece_seg > 0
@@ -213,6 +172,13 @@ def _fits_audio_budget(index: dict, cfg: DataConfig, records: int) -> np.ndarray
     return (pieces <= cfg.max_pieces_per_row) & (mel <= cfg.mel_frames_per_row)
 
 
+def to_batch(rows: dict) -> Batch:
+    """Batched :func:`finish_row` output -> :class:`Batch`."""
+    return Batch(rows["ids"], rows["segment_ids"], rows["positions"], rows["loss_mask"],
+                 MelPieces(rows["mel"], rows["mel_offset"], rows["mel_lengths"], rows["mel_clip_lengths"],
+                           rows["mel_start"]))
+
+
 @dataclasses.dataclass
 class InputPipeline:
     """This process's packed batches; ``report`` counts what the index made us skip."""
@@ -225,18 +191,18 @@ class InputPipeline:
 
 
 def build_pipeline(cfg: DataConfig, vocab: Vocab, tokens_for: TokensFor, mel_bins: int, *,
-                   process_index: int = 0, process_count: int = 1, train: bool = True,
+                   shard_index: int = 0, shard_count: int = 1, train: bool = True,
                    epochs: int | None = None) -> InputPipeline:
-    """The pipeline of input shard ``process_index`` of ``process_count``; it yields
-    ``batch_rows / process_count`` rows per batch.
+    """The pipeline of logical input shard ``shard_index`` of ``shard_count``; it yields
+    ``batch_rows / shard_count`` rows per batch.
 
     Args:
       tokens_for: mel frames -> encoder tokens (the audio encoder's length formula).
-      train: CFG dropout on (with ``cfg.cfg_drop``); off for evaluation.
+      train: CFG dropout on (with ``cfg.guidance_drop``); off for evaluation.
       epochs: ``None`` repeats forever.
     """
-    if cfg.batch_rows % process_count:
-        raise DataError(f"data.batch_rows={cfg.batch_rows} does not divide over {process_count} processes")
+    if cfg.batch_rows % shard_count:
+        raise DataError(f"data.batch_rows={cfg.batch_rows} does not divide over {shard_count} input shards")
     index = read_index(cfg.prepared)
     files = [str(Path(cfg.prepared) / s["file"]) for s in index["shards"]]
     missing = [f for f in files if not Path(f).is_file()]
@@ -256,12 +222,12 @@ def build_pipeline(cfg: DataConfig, vocab: Vocab, tokens_for: TokensFor, mel_bin
         log.warning("skipping %d examples with more continuous audio than a row holds (data.max_pieces_per_row=%d, "
                     "data.mel_frames_per_row=%d)", report["skipped_audio_budget"], cfg.max_pieces_per_row,
                     cfg.mel_frames_per_row)
-    mine = keep[process_index::process_count]
+    mine = keep[shard_index::shard_count]
     if not len(mine):
-        raise DataError(f"process {process_index} of {process_count} has no records in {cfg.prepared}")
+        raise DataError(f"input shard {shard_index} of {shard_count} has no records in {cfg.prepared}")
     source = IndexedSource(grain.sources.ArrayRecordDataSource(files), mine, truncate[mine])
     templater = Templater(vocab, tokens_for, cfg.piece_frames, mel_bins, cfg.row_frames, cfg.loss_region,
-                          cfg.cfg_drop if train else 0.0, cfg.max_pieces_per_row, cfg.mel_frames_per_row)
+                          cfg.guidance_drop if train else 0.0, cfg.max_pieces_per_row, cfg.mel_frames_per_row)
     ds = EpochShuffle(grain.MapDataset.source(source), cfg.shuffle_seed).repeat(epochs)
     ds = ds.random_map(templater, seed=cfg.shuffle_seed + 1).filter(lambda x: x is not None)
     lengths = {**{k: cfg.row_frames for k in FRAME_KEYS}, "pieces": cfg.max_pieces_per_row,
@@ -269,13 +235,10 @@ def build_pipeline(cfg: DataConfig, vocab: Vocab, tokens_for: TokensFor, mel_bin
     # Reading is cheap next to decode + template (CPU-bound Python): threads only fight over the GIL
     # (and Grain's prefetch scans its whole buffer per element), so local shards read inline.
     read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=16 * cfg.read_threads)
-    it = grain_exp.FirstFitPackIterDataset(ds.to_iter_dataset(read), length_struct=lengths,
-                                           num_packing_bins=cfg.packing_bins, seed=cfg.shuffle_seed + 2)
-    it._packer_cls = FastFirstFit
-    it = it.map(finish_row).batch(cfg.batch_rows // process_count, drop_remainder=epochs is None)
+    it = first_fit_pack(ds.to_iter_dataset(read), lengths, cfg.packing_bins, cfg.shuffle_seed + 2)
+    it = it.map(finish_row).batch(cfg.batch_rows // shard_count, drop_remainder=epochs is None).map(to_batch)
     if cfg.workers:
-        from absl import flags  # Grain's workers read absl flags; a library caller may not parse them
-        if not flags.FLAGS.is_parsed():
+        if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; a library caller may not parse them
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers,
                                                          per_worker_buffer_size=cfg.prefetch_buffer))
@@ -295,9 +258,9 @@ class ShardedInput:
     def __iter__(self):
         return self
 
-    def __next__(self) -> dict:
+    def __next__(self) -> Batch:
         batches = [next(it) for it in self._iters]
-        return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+        return batches[0] if len(batches) == 1 else jax.tree.map(lambda *rows: np.concatenate(rows), *batches)
 
     def get_state(self) -> bytes:
         return json.dumps([it.get_state() for it in self._iters]).encode()
@@ -323,17 +286,11 @@ def build_input(cfg: DataConfig, vocab: Vocab, tokens_for: TokensFor, mel_bins: 
     shards = cfg.input_shards or process_count
     if shards % process_count:
         raise DataError(f"data.input_shards={shards} must be a multiple of the {process_count} processes")
-    return ShardedInput([build_pipeline(cfg, vocab, tokens_for, mel_bins, process_index=s, process_count=shards,
+    return ShardedInput([build_pipeline(cfg, vocab, tokens_for, mel_bins, shard_index=s, shard_count=shards,
                                         train=train, epochs=epochs)
                          for s in range(process_index, shards, process_count)])
 
 
-def packing_efficiency(batch: dict) -> float:
+def packing_efficiency(batch: Batch) -> float:
     """Fraction of frames of a batch that belong to an example."""
-    return float(np.mean(batch["segment_ids"] != 0))
-
-
-def to_global_arrays(batch: dict, shardings: dict) -> dict:
-    """This process's rows -> global ``jax.Array`` s sharded per ``shardings`` (same keys)."""
-    import jax
-    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
+    return float(np.mean(batch.segment_ids != 0))

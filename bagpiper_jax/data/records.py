@@ -17,10 +17,12 @@ import dataclasses
 import msgpack
 import numpy as np
 
+from bagpiper_jax.errors import BagpiperError
+
 KINDS = ("text", "codes", "mel")
 
 
-class RecordError(ValueError):
+class RecordError(BagpiperError):
     """A stored record cannot be decoded; the message says why."""
 
 

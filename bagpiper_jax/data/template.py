@@ -15,16 +15,14 @@ Loss weights (``loss_region="assistant"``: assistant messages only; ``"all"``: e
 message): role, modality and END tokens 1 on stream 0; text 1 on stream 0; codec audio
 ``1 / streams`` (0.125) on every stream; continuous-audio frames and ``<|bos|>`` 0.
 
-Output (numpy)::
+Output (numpy), the pieces in the layout of
+:class:`~bagpiper_jax.audio_encoder.pieces.MelPieces` for one row::
 
     ids [frames, streams] int32, loss_mask [frames, streams] float32,
-    mel [pieces, piece_frames, mel_bins] float32, mel_lengths [pieces] int32,
-    mel_clip_lengths [pieces] int32 (frames of the whole clip the piece was cut from),
-    mel_start [pieces] int32
-
-With ``flat_mel=True`` (the element format of the Grain pipeline) the pieces are not
-padded: ``mel [mel_frames, mel_bins]`` holds them back to back (the example's log-mel
-frames in order) and ``mel_offset [pieces] int32`` is each piece's first frame in it.
+    mel [mel_frames, mel_bins] float32: the example's log-mel frames in order (the pieces
+        back to back, unpadded), mel_offset [pieces] int32: each piece's first frame in it,
+    mel_lengths [pieces] int32, mel_clip_lengths [pieces] int32 (frames of the whole clip
+    the piece was cut from), mel_start [pieces] int32 (frame of its first encoder token)
 """
 from __future__ import annotations
 
@@ -32,14 +30,15 @@ from typing import Callable
 
 import numpy as np
 
-from bagpiper_jax.codec.interleave import interleaved_ids
+from bagpiper_jax.codec.interleave import delay_interleave, interleaved_ids
 from bagpiper_jax.data.records import PreparedExample
+from bagpiper_jax.errors import BagpiperError
 from bagpiper_jax.vocab import BOS, EOS, EOT, MODALITY_IDS, ROLE_IDS, Vocab
 
 TokensFor = Callable[[int], int]  # mel frames -> encoder tokens
 
 
-class TemplateError(ValueError):
+class TemplateError(BagpiperError):
     """A prepared example does not fit the model's vocabulary/streams; names the example."""
 
 
@@ -54,16 +53,13 @@ def example_frames(ex: PreparedExample, vocab: Vocab, tokens_for: TokensFor) -> 
 
 
 def template(ex: PreparedExample, vocab: Vocab, tokens_for: TokensFor, *, piece_frames: int, mel_bins: int,
-             loss_region: str = "assistant", cfg_keep: int | None = None,
-             flat_mel: bool = False) -> dict[str, np.ndarray]:
+             loss_region: str = "assistant", guidance_keep: int | None = None) -> dict[str, np.ndarray]:
     """Frames, loss weights and continuous-audio pieces of one example.
 
     Args:
-      cfg_keep: classifier-free-guidance dropout: index (into ``ex.messages``) of the one
-        assistant audio message to keep; every other frame and weight is zeroed and the
+      guidance_keep: classifier-free-guidance dropout: index (into ``ex.messages``) of the
+        one assistant audio message to keep; every other frame and weight is zeroed and the
         continuous inputs are dropped. ``None``: no dropout.
-      flat_mel: pieces back to back in ``mel [mel_frames, mel_bins]`` with ``mel_offset``
-        (see the module docstring) instead of padded to ``[pieces, piece_frames, mel_bins]``.
     """
     s = vocab.num_streams
     sizes = []  # content frames per message (validated first, then written into one buffer)
@@ -97,10 +93,8 @@ def template(ex: PreparedExample, vocab: Vocab, tokens_for: TokensFor, *, piece_
             out_ids[c:c + n, 0] = vocab.text_ids(m.array)
             out_mask[c:c + n, 0] = w
         elif m.kind == "codes":  # delay interleave: stream k shifted by k frames, gaps hold its pad id
-            pads = vocab.audio_offset + vocab.stream_block * np.arange(s, dtype=np.int32)
-            out_ids[c:c + n] = pads
-            t = len(m.array)
-            out_ids[c + np.arange(t)[:, None] + np.arange(s), np.arange(s)] = m.array + (pads + 1)
+            pads = vocab.audio_pads
+            delay_interleave(m.array + (pads + 1), pads, out=out_ids[c:c + n])
             out_mask[c:c + n] = w / s
         else:  # mel: placeholder frames (zero), cut into pieces of one encoder window
             for q in range(0, len(m.array), piece_frames):
@@ -113,31 +107,21 @@ def template(ex: PreparedExample, vocab: Vocab, tokens_for: TokensFor, *, piece_
         out_mask[end, 0] = w
         spans.append((frame, end + 1))
         frame = end + 1
-    if cfg_keep is not None:
+    if guidance_keep is not None:
         keep = np.zeros(len(out_ids), bool)
-        keep[slice(*spans[cfg_keep])] = True
+        keep[slice(*spans[guidance_keep])] = True
         out_ids[~keep], out_mask[~keep] = 0, 0.0
         mel_pieces, mel_start, mel_clip = [], [], []
     lengths = np.asarray(mel_pieces, np.int32)
-    out = {"ids": out_ids, "loss_mask": out_mask, "mel_lengths": lengths,
-           "mel_clip_lengths": np.asarray(mel_clip, np.int32), "mel_start": np.asarray(mel_start, np.int32)}
-    if flat_mel:  # the pieces of a clip are consecutive slices of it: the stream is the clips in order
-        clips = [m.array for m in ex.messages if m.kind == "mel"] if mel_pieces else []
-        out["mel"] = (np.zeros((0, mel_bins), np.float32) if not clips else
-                      np.asarray(clips[0], np.float32) if len(clips) == 1 else np.concatenate(clips).astype(np.float32))
-        out["mel_offset"] = (np.cumsum(lengths, dtype=np.int32) - lengths).astype(np.int32)
-        return out
+    # The pieces of a clip are consecutive slices of it: the stream is the clips in order.
     clips = [m.array for m in ex.messages if m.kind == "mel"] if mel_pieces else []
-    mel = np.zeros((len(mel_pieces), piece_frames, mel_bins), np.float32)
-    j = 0
-    for clip in clips:
-        for q in range(0, len(clip), piece_frames):
-            mel[j, :min(piece_frames, len(clip) - q)] = clip[q:q + piece_frames]
-            j += 1
-    out["mel"] = mel
-    return out
+    mel = (np.zeros((0, mel_bins), np.float32) if not clips else
+           np.asarray(clips[0], np.float32) if len(clips) == 1 else np.concatenate(clips).astype(np.float32))
+    return {"ids": out_ids, "loss_mask": out_mask, "mel": mel,
+            "mel_offset": (np.cumsum(lengths, dtype=np.int32) - lengths).astype(np.int32), "mel_lengths": lengths,
+            "mel_clip_lengths": np.asarray(mel_clip, np.int32), "mel_start": np.asarray(mel_start, np.int32)}
 
 
-def cfg_candidates(ex: PreparedExample) -> list[int]:
+def guidance_candidates(ex: PreparedExample) -> list[int]:
     """Indices of the assistant audio messages (those CFG dropout may keep)."""
     return [i for i, m in enumerate(ex.messages) if m.role == "assistant" and m.kind == "codes"]

@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from bagpiper_jax.errors import BagpiperError
 
 
-class TokenizerError(ValueError):
+class TokenizerError(BagpiperError):
     """The tokenizer file is missing or does not fit the model's text vocabulary."""
 
 
 class TextTokenizer:
     def __init__(self, path: str | Path):
-        from tokenizers import Tokenizer
         path = Path(path)
         file = path / "tokenizer.json" if path.is_dir() else path
         if not file.is_file():
@@ -49,7 +51,6 @@ class TextTokenizer:
 
 def train_byte_bpe(texts: Iterable[str], vocab_size: int, out_file: str | Path) -> TextTokenizer:
     """Trains a byte-level BPE with at most ``vocab_size`` ids and saves it as tokenizer.json."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

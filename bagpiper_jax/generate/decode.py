@@ -6,7 +6,7 @@ per step for every row, restricts and samples the next frame (see
 :mod:`bagpiper_jax.generate.rules`), and stops when every row has ended its answer or the
 cache is full.
 
-Classifier-free guidance (a ``cfg_scale``) appends one unconditional row per row: its
+Classifier-free guidance (a ``guidance_scale``) appends one unconditional row per row: its
 prompt frames are all pad (id 0 on every stream, no continuous input) and it sees the
 frames of audio segments only (pads elsewhere), as the CFG dropout of training does. In
 audio segments both rows' logits combine as ``s * cond - (s - 1) * uncond`` and both
@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bagpiper_jax.generate.rules import AUDIO_PHASE, DONE, RowState, Rules
+from bagpiper_jax.audio_encoder.pieces import Continuous
+from bagpiper_jax.generate.rules import AUDIO_PHASE, DONE, DecodeRules, RowState
 from bagpiper_jax.generate.sampling import sample
 from bagpiper_jax.model.kv_cache import KVCache
 from bagpiper_jax.vocab import ASSISTANT, PAD, TEXT
@@ -35,14 +36,12 @@ class Prompts:
     ids: int32 ``[rows, frames, streams]``, each row ending in its ``<|assistant|>`` frame
       at the last slot, padding (id 0) before slot ``first``.
     first: int32 ``[rows]`` slot of each row's ``<|bos|>``.
-    continuous: float ``[rows, n, continuous_dim]`` encoder features, or None.
-    continuous_frames: int32 ``[rows, n]`` slot each feature row replaces (-1 = none), or None.
+    continuous: encoder features of the prompts' audio (frames index the slots), or None.
     """
 
     ids: jax.Array
     first: jax.Array
-    continuous: jax.Array | None = None
-    continuous_frames: jax.Array | None = None
+    continuous: Continuous | None = None
 
 
 @jax.tree_util.register_dataclass
@@ -80,44 +79,45 @@ def _guide(logits: jax.Array, rows: int, use: jax.Array, scale: jax.Array) -> ja
     return jnp.where(use, scale * cond - (scale - 1) * uncond, cond)
 
 
-def _with_uncond(prompts: Prompts, rules: Rules) -> Prompts:
+def _with_unconditional(prompts: Prompts, rules: DecodeRules) -> Prompts:
     """Appends the unconditional rows: all-pad prompts whose last frame is ``<|assistant|>``
     unless the plan makes the first segment text."""
     rows = prompts.ids.shape[0]
     last = jnp.where(rules.planned(jnp.zeros((rows,), jnp.int32)) == TEXT, PAD, ASSISTANT)
-    uncond = jnp.zeros_like(prompts.ids).at[:, -1, 0].set(last)
-    continuous = frames = None
+    unconditional = jnp.zeros_like(prompts.ids).at[:, -1, 0].set(last)
+    continuous = None
     if prompts.continuous is not None:
-        continuous = jnp.concatenate([prompts.continuous, jnp.zeros_like(prompts.continuous)])
-        frames = jnp.concatenate([prompts.continuous_frames, jnp.full_like(prompts.continuous_frames, -1)])
-    return Prompts(jnp.concatenate([prompts.ids, uncond]), jnp.concatenate([prompts.first, prompts.first]),
-                   continuous, frames)
+        features, frames = prompts.continuous.features, prompts.continuous.frames
+        continuous = Continuous(jnp.concatenate([features, jnp.zeros_like(features)]),
+                                jnp.concatenate([frames, jnp.full_like(frames, -1)]))
+    return Prompts(jnp.concatenate([prompts.ids, unconditional]), jnp.concatenate([prompts.first, prompts.first]),
+                   continuous)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "rules", "slots"))
 def decode(graphdef: nnx.GraphDef, params: nnx.State, prompts: Prompts, key: jax.Array,
-           cfg_scale: jax.Array | None = None, *, rules: Rules, slots: int) -> Decoded:
+           guidance_scale: jax.Array | None = None, *, rules: DecodeRules, slots: int) -> Decoded:
     """Generates answers for ``prompts`` with a cache of ``slots`` frames per row.
 
     ``key``: PRNG key; row ``r`` samples with ``fold_in(fold_in(key, r), slot)``, so a row's
-    draws do not depend on its batch-mates. ``cfg_scale``: float32 scalar, run
+    draws do not depend on its batch-mates. ``guidance_scale``: float32 scalar, run
     classifier-free guidance on audio with this scale (1 gives the same frames as None);
     None: no unconditional rows.
     """
-    guidance = cfg_scale is not None
+    guidance = guidance_scale is not None
     model = nnx.merge(graphdef, params)
-    cfg, v = rules.cfg, rules.vocab
+    settings, vocab = rules.settings, rules.vocab
     rows, prompt_frames, streams = prompts.ids.shape
     if prompt_frames >= slots:
         raise ValueError(f"prompt of {prompt_frames} frames leaves no room in a cache of {slots} slots")
-    fed = _with_uncond(prompts, rules) if guidance else prompts
-    mc = model.cfg
-    cache = KVCache.zeros(mc.layers, fed.ids.shape[0], slots, mc.kv_heads, mc.head_dim, model.compute_dtype,
+    fed = _with_unconditional(prompts, rules) if guidance else prompts
+    arch = model.cfg
+    cache = KVCache.zeros(arch.layers, fed.ids.shape[0], slots, arch.kv_heads, arch.head_dim, model.compute_dtype,
                           model.rules)
-    _, cache = model.extend(fed.ids[:, :-1], fed.first, cache, jnp.int32(0), fed.continuous, fed.continuous_frames)
+    _, cache = model.extend(fed.ids[:, :-1], fed.first, cache, jnp.int32(0), fed.continuous)
     row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(rows))
-    pads = jnp.asarray([v.audio_pad(n) for n in range(1, streams)], jnp.int32)
-    max_top_k = max(cfg.text_top_k, cfg.audio_top_k)
+    pads = jnp.asarray(vocab.audio_pads[1:streams])
+    max_top_k = max(settings.text_top_k, settings.audio_top_k)
     frames = jnp.zeros((rows, slots, streams), jnp.int32).at[:, :prompt_frames].set(prompts.ids)
 
     def body(c: _Carry) -> _Carry:
@@ -126,9 +126,10 @@ def decode(graphdef: nnx.GraphDef, params: nnx.State, prompts: Prompts, key: jax
         logits0, rest = logits0[:, 0], _own_blocks(rest[:, 0], streams)
         audio = c.state.phase == AUDIO_PHASE
         if guidance:
-            logits0, rest = _guide(logits0, rows, audio, cfg_scale), _guide(rest, rows, audio, cfg_scale)
-        temperature = jnp.where(audio, cfg.audio_temperature, cfg.text_temperature)
-        top_k = jnp.where(audio, cfg.audio_top_k, cfg.text_top_k)
+            logits0 = _guide(logits0, rows, audio, guidance_scale)
+            rest = _guide(rest, rows, audio, guidance_scale)
+        temperature = jnp.where(audio, settings.audio_temperature, settings.text_temperature)
+        top_k = jnp.where(audio, settings.audio_top_k, settings.text_top_k)
         keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, c.slot)))(row_keys)
         stream0 = sample(logits0, rules.stream0_allowed(c.state), temperature, top_k, keys[:, 0], max_top_k)
         allowed, zero = rules.rest_allowed(c.state)
@@ -138,7 +139,7 @@ def decode(graphdef: nnx.GraphDef, params: nnx.State, prompts: Prompts, key: jax
         frame = jnp.where(live[:, None], frame, 0)
         out = jax.lax.dynamic_update_slice_in_dim(c.frames, frame[:, None], c.slot + 1, axis=1)
         if guidance:
-            keep = rules.uncond_keeps(c.state, stream0)
+            keep = rules.unconditional_keeps(c.state, stream0)
             fed_frame = jnp.concatenate([frame, jnp.where(keep[:, None], frame, 0)])
         else:
             fed_frame = frame

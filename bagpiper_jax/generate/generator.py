@@ -16,7 +16,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,17 +24,16 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from bagpiper_jax.audio_encoder.frozen import mel_bins
+from bagpiper_jax.checkpoint.frozen_modules import load_frozen_tower
+from bagpiper_jax.checkpoint.model_checkpoint import ParamsSource, is_model_checkpoint
 from bagpiper_jax.config import Config
-from bagpiper_jax.convert.model_checkpoint import is_model_checkpoint
-from bagpiper_jax.data.prepare import Preparer
-from bagpiper_jax.generate.checkpoint import load_generation_params
+from bagpiper_jax.data.preparer import Preparer
 from bagpiper_jax.generate.decode import Decoded, Prompts, decode
 from bagpiper_jax.generate.output import Segment, audio_codes, split_segments, text_tokens
 from bagpiper_jax.generate.prompts import PromptError, PromptRows, prompt_rows, templated_prompt
-from bagpiper_jax.generate.rules import FREE, Rules, modality_plan
-from bagpiper_jax.model.continuous import encode_pieces
+from bagpiper_jax.generate.rules import FREE, DecodeRules, modality_plan
 from bagpiper_jax.sharding import logical_to_spec, make_mesh
-from bagpiper_jax.train.program import MEL_BINS_WITHOUT_ENCODER, load_frozen_encoder
 from bagpiper_jax.vocab import AUDIO, Vocab
 
 CACHE_ROUND = 64  # cache slots are rounded up to this (fewer compiled shapes)
@@ -71,41 +70,33 @@ class Generation:
         return self.frames / self.decode_s if self.decode_s > 0 else math.inf
 
 
-@dataclasses.dataclass
-class _Encoder:
-    """The frozen audio tower: ``encode(params, mel, lengths, clip_lengths, start)`` (jitted
-    :func:`~bagpiper_jax.model.continuous.encode_pieces`), its params and mel bins."""
-
-    encode: Callable
-    params: nnx.State
-    mel_bins: int
-
-
 def _resolve_module_dirs(cfg: Config, checkpoint: Path) -> Config:
-    """Fills ``data.codec`` / ``model.audio_encoder`` from a model checkpoint's own copies
-    when the config leaves them empty."""
-    data, model = cfg.data, cfg.model
+    """Fills ``assets.codec`` / ``assets.audio_encoder`` from a model checkpoint's own
+    copies when the config leaves them empty."""
+    assets = cfg.assets
     if is_model_checkpoint(checkpoint):
-        if not data.codec and (checkpoint / "codec").is_dir():
-            data = dataclasses.replace(data, codec=str(checkpoint / "codec"))
-        if not model.audio_encoder and (checkpoint / "audio_encoder").is_dir():
-            model = dataclasses.replace(model, audio_encoder=str(checkpoint / "audio_encoder"))
-    return dataclasses.replace(cfg, data=data, model=model)
+        if not assets.codec and (checkpoint / "codec").is_dir():
+            assets = dataclasses.replace(assets, codec=str(checkpoint / "codec"))
+        if not assets.audio_encoder and (checkpoint / "audio_encoder").is_dir():
+            assets = dataclasses.replace(assets, audio_encoder=str(checkpoint / "audio_encoder"))
+    return dataclasses.replace(cfg, assets=assets)
 
 
 class Generator:
-    """Holds the model params, tokenizer, codec and audio tower for generation."""
+    """Holds the model params, tokenizer, codec and audio tower for generation.
+
+    Build it with :meth:`from_checkpoint`; :meth:`generate` is the general entry point,
+    :meth:`caption`, :meth:`answer` and :meth:`generate_audio` the caption-then-process
+    shortcuts.
+    """
 
     def __init__(self, cfg: Config, graphdef: nnx.GraphDef, params: nnx.State, mesh: Mesh):
         self.cfg, self.mesh = cfg, mesh
         self.vocab = Vocab.from_config(cfg.model)
         self.graphdef, self.params = graphdef, params
         self.preparer = Preparer(cfg)  # tokenizer, codec, log-mel: exactly as in training data
-        self.tower = None
-        frozen = load_frozen_encoder(cfg, mesh)  # the training step's checks and shardings
-        if frozen.graphdef is not None:
-            self.tower = _Encoder(jax.jit(lambda p, *mel: encode_pieces(nnx.merge(frozen.graphdef, p), *mel)),
-                                  frozen.params, frozen.mel_bins)
+        self.tower = load_frozen_tower(cfg, mesh)  # as the train step holds it
+        self._encode = None if self.tower is None else jax.jit(self.tower.encode)
         self._compiled = {}  # decode programs by (rules, slots, guidance, prompt shapes)
         spec = logical_to_spec(("activation_batch",), cfg.mesh.rules)
         self.row_multiple = math.prod(mesh.shape[a] for a in jax.tree.leaves(tuple(spec)))
@@ -118,7 +109,7 @@ class Generator:
         checkpoint = Path(checkpoint).absolute()
         cfg = _resolve_module_dirs(cfg, checkpoint)
         mesh = make_mesh(cfg.mesh) if mesh is None else mesh
-        graphdef, params = load_generation_params(checkpoint, cfg, mesh)
+        graphdef, params = ParamsSource(checkpoint).restore(cfg, mesh)  # params only, never optimizer state
         return cls(cfg, graphdef, params, mesh)
 
     def generate(self, prompts: Sequence[Sequence[tuple[str, str, str]]], modalities: Sequence[str | None] = (),
@@ -134,27 +125,26 @@ class Generator:
           guidance: classifier-free guidance on audio (default: when the scale is not 1 and
             the plan allows audio).
         """
-        gcfg = self.cfg.generate
-        samples = gcfg.samples if samples is None else samples
+        settings = self.cfg.generate
+        samples = settings.samples if samples is None else samples
         if samples <= 0:
             raise ValueError(f"samples must be positive, got {samples}")
         plan = modality_plan(modalities)
-        rules = Rules(self.vocab, gcfg, plan)
+        rules = DecodeRules(self.vocab, settings, plan)
         if guidance is None:
-            guidance = gcfg.audio_cfg_scale != 1.0 and (not plan or any(m in (AUDIO, FREE) for m in plan))
-        mel_bins = self.tower.mel_bins if self.tower else MEL_BINS_WITHOUT_ENCODER
-        templated = [templated_prompt(self.preparer, p, mel_bins, f"prompt {i}") for i, p in enumerate(prompts)]
+            guidance = settings.audio_guidance_scale != 1.0 and (not plan or any(m in (AUDIO, FREE) for m in plan))
+        templated = [templated_prompt(self.preparer, p, mel_bins(self.tower), f"prompt {i}")
+                     for i, p in enumerate(prompts)]
         if not templated:
             raise PromptError("no prompts given")
         rows = prompt_rows(templated, samples, self.row_multiple)
-        prompt_frames = rows.ids.shape[1]
-        if prompt_frames >= self.cfg.model.max_frames:
-            raise PromptError(f"the prompt has {prompt_frames} frames, model.max_frames is {self.cfg.model.max_frames}")
-        slots = min(self.cfg.model.max_frames,
-                    -(-(prompt_frames + gcfg.max_new_frames) // CACHE_ROUND) * CACHE_ROUND)
+        prompt_frames, max_frames = rows.ids.shape[1], self.cfg.runtime.max_frames
+        if prompt_frames >= max_frames:
+            raise PromptError(f"the prompt has {prompt_frames} frames, runtime.max_frames is {max_frames}")
+        slots = min(max_frames, -(-(prompt_frames + settings.max_new_frames) // CACHE_ROUND) * CACHE_ROUND)
         model_prompts = self._model_prompts(rows)
-        key = jax.random.key(gcfg.seed if seed is None else seed)
-        scale = jnp.float32(gcfg.audio_cfg_scale) if guidance else None
+        key = jax.random.key(settings.seed if seed is None else seed)
+        scale = jnp.float32(settings.audio_guidance_scale) if guidance else None
         signature = (rules, slots, guidance, jax.tree.structure(model_prompts),
                      tuple((x.shape, x.dtype) for x in jax.tree.leaves(model_prompts)))
         with jax.set_mesh(self.mesh):
@@ -171,15 +161,16 @@ class Generator:
         return Generation(answers, frames, t2 - t1, t1 - t0)
 
     def _model_prompts(self, rows: PromptRows) -> Prompts:
-        put = lambda x: jax.device_put(jnp.asarray(x), self.batch_sharding)  # noqa: E731
-        continuous = frames = None
-        if rows.mel.shape[1] and rows.mel_lengths.any():
+        def put(tree):
+            return jax.tree.map(lambda x: jax.device_put(jnp.asarray(x), self.batch_sharding), tree)
+
+        continuous = None
+        if rows.pieces.lengths.any():
             if self.tower is None:
-                raise PromptError("the prompt holds audio but model.audio_encoder is not set")
+                raise PromptError("the prompt holds audio but assets.audio_encoder is not set")
             with jax.set_mesh(self.mesh):
-                continuous, frames = self.tower.encode(self.tower.params, put(rows.mel), put(rows.mel_lengths),
-                                                       put(rows.mel_clip_lengths), put(rows.mel_start))
-        return Prompts(put(rows.ids), put(rows.first), continuous, frames)
+                continuous = self._encode(self.tower.params, put(rows.pieces))
+        return Prompts(put(rows.ids), put(rows.first), continuous)
 
     def _answers(self, out: Decoded, rows: PromptRows, prompts: int, samples: int) -> list[list[Answer]]:
         frames, end, finished = (np.asarray(x) for x in (out.frames, out.end, out.finished))

@@ -1,11 +1,13 @@
 """Prompts -> left-padded model rows (host side, numpy).
 
 A prompt is a list of messages ``(role, modality, content)`` (user/system turns; audio
-content is a file path), prepared like training data (:class:`~bagpiper_jax.data.prepare.
+content is a file path), prepared like training data (:class:`~bagpiper_jax.data.preparer.
 Preparer`: tokenizer, 16 kHz log-mel) and templated (:func:`~bagpiper_jax.data.template.
 template`): ``<|bos|>``, the messages, then the ``<|assistant|>`` frame the answer starts
 from. Rows are left-padded to the longest prompt so every row decodes at the same cache
-slot; continuous-audio pieces keep their frame index, shifted by the row's padding.
+slot; their continuous-audio pieces travel as in training batches
+(:class:`~bagpiper_jax.audio_encoder.pieces.MelPieces`), each piece's first token frame
+shifted by the row's padding.
 """
 from __future__ import annotations
 
@@ -14,29 +16,27 @@ import dataclasses
 import numpy as np
 
 from bagpiper_jax.audio_encoder.config import output_lengths
+from bagpiper_jax.audio_encoder.pieces import MelPieces
 from bagpiper_jax.data.manifest import Example, Message
-from bagpiper_jax.data.prepare import Preparer
+from bagpiper_jax.data.preparer import Preparer
 from bagpiper_jax.data.template import template
+from bagpiper_jax.errors import BagpiperError
 from bagpiper_jax.vocab import ASSISTANT
 
 
-class PromptError(ValueError):
+class PromptError(BagpiperError):
     """A prompt cannot be turned into model input; the message says which and why."""
 
 
 @dataclasses.dataclass
 class PromptRows:
-    """ids int32 ``[rows, frames, streams]``; first int32 ``[rows]``; mel float32 ``[rows,
-    pieces, piece_frames, mel_bins]`` with mel_lengths / mel_clip_lengths / mel_start int32
-    ``[rows, pieces]`` (``pieces`` may be 0); ``prompt`` int ``[rows]``: the prompt each row
-    answers (-1 for filler rows that only round the batch up)."""
+    """ids int32 ``[rows, frames, streams]``; first int32 ``[rows]``; pieces: the rows'
+    log-mel pieces (numpy, ``pieces`` slots may be 0); ``prompt`` int ``[rows]``: the
+    prompt each row answers (-1 for filler rows that only round the batch up)."""
 
     ids: np.ndarray
     first: np.ndarray
-    mel: np.ndarray
-    mel_lengths: np.ndarray
-    mel_clip_lengths: np.ndarray
-    mel_start: np.ndarray
+    pieces: MelPieces
     prompt: np.ndarray
 
 
@@ -66,22 +66,26 @@ def prompt_rows(prompts: list[dict], samples: int, row_multiple: int = 1) -> Pro
     rows = -(-len(order) // row_multiple) * row_multiple
     order += [-1] * (rows - len(order))
     frames = max(len(p["ids"]) for p in prompts)
-    pieces = max(len(p["mel"]) for p in prompts)
-    first_prompt = prompts[0]
-    streams = first_prompt["ids"].shape[1]
-    piece_shape = first_prompt["mel"].shape[1:]
-    out = PromptRows(ids=np.zeros((rows, frames, streams), np.int32), first=np.zeros((rows,), np.int32),
-                     mel=np.zeros((rows, pieces) + piece_shape, np.float32),
-                     mel_lengths=np.zeros((rows, pieces), np.int32), mel_clip_lengths=np.zeros((rows, pieces), np.int32),
-                     mel_start=np.zeros((rows, pieces), np.int32), prompt=np.asarray(order, np.int32))
+    mel_frames = max(len(p["mel"]) for p in prompts)
+    slots = max(len(p["mel_lengths"]) for p in prompts)
+    streams, mel_bins = prompts[0]["ids"].shape[1], prompts[0]["mel"].shape[1]
+
+    def per_piece(fill=0):
+        return np.full((rows, slots), fill, np.int32)
+
+    pieces = MelPieces(np.zeros((rows, mel_frames, mel_bins), np.float32), per_piece(), per_piece(), per_piece(),
+                       per_piece(-1))
+    out = PromptRows(np.zeros((rows, frames, streams), np.int32), np.zeros((rows,), np.int32), pieces,
+                     np.asarray(order, np.int32))
     for r, p in enumerate(order):
         src = prompts[max(p, 0)]
         first = frames - len(src["ids"])
         out.ids[r, first:] = src["ids"]
         out.first[r] = first
-        n = len(src["mel"])
-        out.mel[r, :n] = src["mel"]
-        out.mel_lengths[r, :n] = src["mel_lengths"]
-        out.mel_clip_lengths[r, :n] = src["mel_clip_lengths"]
-        out.mel_start[r, :n] = src["mel_start"] + first
+        n = len(src["mel_lengths"])
+        pieces.mel[r, :len(src["mel"])] = src["mel"]
+        pieces.offset[r, :n] = src["mel_offset"]
+        pieces.lengths[r, :n] = src["mel_lengths"]
+        pieces.clip_lengths[r, :n] = src["mel_clip_lengths"]
+        pieces.start[r, :n] = src["mel_start"] + first
     return out

@@ -49,6 +49,8 @@ def modality_plan(modalities) -> tuple[int, ...]:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class RowState:
+    """Per-row decoding state (all int32 ``[rows]``; see the module docstring)."""
+
     phase: jax.Array
     segment: jax.Array
     step: jax.Array
@@ -62,16 +64,17 @@ class RowState:
 
 
 @dataclasses.dataclass(frozen=True)
-class Rules:
-    """Static decoding rules: vocabulary, limits and the modality plan."""
+class DecodeRules:
+    """Static decoding rules: vocabulary, limits and the modality plan (hashable: a static
+    argument of the jitted decode)."""
 
     vocab: Vocab
-    cfg: GenerateConfig
+    settings: GenerateConfig
     plan: tuple[int, ...] = ()
 
     @property
     def segments(self) -> int:
-        return len(self.plan) if self.plan else self.cfg.max_segments
+        return len(self.plan) if self.plan else self.settings.max_segments
 
     def planned(self, segment: jax.Array) -> jax.Array:
         """Modality id forced for ``segment`` (``FREE`` past the plan or without one)."""
@@ -80,59 +83,64 @@ class Rules:
         table = jnp.asarray(self.plan, jnp.int32)
         return jnp.where(segment < len(self.plan), table[jnp.minimum(segment, len(self.plan) - 1)], FREE)
 
-    def stream0_allowed(self, s: RowState) -> jax.Array:
+    def stream0_allowed(self, state: RowState) -> jax.Array:
         """``[rows, vocab]`` bool: ids stream 0 may take next."""
-        v, cfg = self.vocab, self.cfg
-        ids = jnp.arange(v.size)[None, :]
-        col = lambda x: x[:, None]  # noqa: E731
-        more = col(s.segment < self.segments - 1)
-        ends = ((ids == EOT) & more) | ((ids == EOS) & ~more)
-        planned = col(self.planned(s.segment))
+        vocab, limits = self.vocab, self.settings
+        ids = jnp.arange(vocab.size)[None, :]
+
+        def per_row(x):  # [rows] -> [rows, 1], against ids [1, vocab]
+            return x[:, None]
+
+        more_segments = per_row(state.segment < self.segments - 1)
+        ends = ((ids == EOT) & more_segments) | ((ids == EOS) & ~more_segments)
+        planned = per_row(self.planned(state.segment))
         modality = jnp.where(planned == FREE, (ids == TEXT) | (ids == AUDIO), ids == planned)
-        text = (((ids >= v.text_offset) & (ids < v.audio_offset) & col(s.step < cfg.max_text_frames))
-                | (ends & col(s.step >= min(cfg.min_text_frames, cfg.max_text_frames))))
-        pad0, (_, end0) = v.audio_pad(0), v.stream_range(0)
-        i, e = col(s.step), col(s.audio_end)
-        codes = (ids > pad0) & (ids < end0) & (i < cfg.max_audio_frames)
-        pad = (ids == pad0) & (i >= min(cfg.min_audio_frames, cfg.max_audio_frames))
-        audio = jnp.where(i == e + v.num_streams - 1, ends, jnp.where(i >= e, ids == pad0, codes | pad))
-        phase = col(s.phase)
+        step, audio_end = per_row(state.step), per_row(state.audio_end)
+        is_text = (ids >= vocab.text_offset) & (ids < vocab.audio_offset)
+        text = ((is_text & (step < limits.max_text_frames))
+                | (ends & (step >= min(limits.min_text_frames, limits.max_text_frames))))
+        pad0, (_, end0) = vocab.audio_pad(0), vocab.stream_range(0)
+        codes = (ids > pad0) & (ids < end0) & (step < limits.max_audio_frames)
+        may_end_codes = (ids == pad0) & (step >= min(limits.min_audio_frames, limits.max_audio_frames))
+        audio = jnp.where(step == audio_end + vocab.num_streams - 1, ends,
+                          jnp.where(step >= audio_end, ids == pad0, codes | may_end_codes))
+        phase = per_row(state.phase)
         return jnp.select([phase == MODALITY, phase == TEXT_PHASE, phase == AUDIO_PHASE, phase == ROLE],
                           [modality, text, audio, ids == ASSISTANT], ids == PAD)
 
-    def rest_allowed(self, s: RowState) -> tuple[jax.Array, jax.Array]:
+    def rest_allowed(self, state: RowState) -> tuple[jax.Array, jax.Array]:
         """Streams 1..S-1: ``(allowed [rows, S-1, stream_block], zero [rows])``. ``allowed``
         indexes each stream's own block (0 = its audio pad, ``1 + c`` = code ``c``);
         where ``zero`` the streams hold id 0 (every frame but audio content)."""
-        v = self.vocab
-        n = jnp.arange(1, v.num_streams)[None, :, None]
-        j = jnp.arange(v.stream_block)[None, None, :]
-        i, e = s.step[:, None, None], s.audio_end[:, None, None]
-        in_codes = (i >= n) & (i < e + n)
-        allowed = jnp.where(in_codes, j > 0, j == 0)
-        content = (s.phase == AUDIO_PHASE) & (s.step < s.audio_end + v.num_streams - 1)
+        streams = self.vocab.num_streams
+        stream = jnp.arange(1, streams)[None, :, None]
+        block_id = jnp.arange(self.vocab.stream_block)[None, None, :]
+        step, audio_end = state.step[:, None, None], state.audio_end[:, None, None]
+        in_codes = (step >= stream) & (step < audio_end + stream)  # stream n is delayed by n frames
+        allowed = jnp.where(in_codes, block_id > 0, block_id == 0)
+        content = (state.phase == AUDIO_PHASE) & (state.step < state.audio_end + streams - 1)
         return allowed, ~content
 
-    def advance(self, s: RowState, stream0: jax.Array) -> RowState:
+    def advance(self, state: RowState, stream0: jax.Array) -> RowState:
         """The state after each row's next frame has stream-0 id ``stream0 [rows]``."""
-        v = self.vocab
         is_end = (stream0 == EOS) | (stream0 == EOT)
-        ending = ((s.phase == TEXT_PHASE) | (s.phase == AUDIO_PHASE)) & is_end
+        ending = ((state.phase == TEXT_PHASE) | (state.phase == AUDIO_PHASE)) & is_end
         after_end = jnp.where(stream0 == EOT, ROLE, DONE)
         phase = jnp.select(
-            [s.phase == MODALITY, ending, s.phase == ROLE],
-            [jnp.where(stream0 == AUDIO, AUDIO_PHASE, TEXT_PHASE), after_end, MODALITY], s.phase)
-        ends_codes = (s.phase == AUDIO_PHASE) & (stream0 == v.audio_pad(0)) & (s.audio_end == NOT_ENDED)
-        fresh = (s.phase == MODALITY) | ending
+            [state.phase == MODALITY, ending, state.phase == ROLE],
+            [jnp.where(stream0 == AUDIO, AUDIO_PHASE, TEXT_PHASE), after_end, MODALITY], state.phase)
+        ends_codes = ((state.phase == AUDIO_PHASE) & (stream0 == self.vocab.audio_pad(0))
+                      & (state.audio_end == NOT_ENDED))
+        fresh = (state.phase == MODALITY) | ending
         return RowState(phase=phase,
-                        segment=s.segment + (ending & (stream0 == EOT)),
-                        step=jnp.where(fresh, 0, s.step + 1),
-                        audio_end=jnp.where(fresh, NOT_ENDED, jnp.where(ends_codes, s.step, s.audio_end)))
+                        segment=state.segment + (ending & (stream0 == EOT)),
+                        step=jnp.where(fresh, 0, state.step + 1),
+                        audio_end=jnp.where(fresh, NOT_ENDED, jnp.where(ends_codes, state.step, state.audio_end)))
 
-    def uncond_keeps(self, s: RowState, stream0: jax.Array) -> jax.Array:
-        """``[rows]`` bool: whether the CFG unconditional row sees the decided frame (the
-        frames of audio segments: role, modality, content, END) rather than a pad frame.
-        A role frame is kept unless the plan says the coming segment is text (whether a
-        freely chosen segment is audio is only known one frame later)."""
-        return (((s.phase == MODALITY) & (stream0 == AUDIO)) | (s.phase == AUDIO_PHASE)
-                | ((s.phase == ROLE) & (self.planned(s.segment) != TEXT)))
+    def unconditional_keeps(self, state: RowState, stream0: jax.Array) -> jax.Array:
+        """``[rows]`` bool: whether the guidance row sees the decided frame (the frames of
+        audio segments: role, modality, content, END) rather than a pad frame. A role frame
+        is kept unless the plan says the coming segment is text (whether a freely chosen
+        segment is audio is only known one frame later)."""
+        return (((state.phase == MODALITY) & (stream0 == AUDIO)) | (state.phase == AUDIO_PHASE)
+                | ((state.phase == ROLE) & (self.planned(state.segment) != TEXT)))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from bagpiper_jax.config import ModelConfig
+from bagpiper_jax.config import ModelConfig, RuntimeConfig
 from bagpiper_jax.model.attention_kernels import get_kernel
 from bagpiper_jax.model.kv_cache import cached_attention
 from bagpiper_jax.model.norm import RMSNorm
@@ -17,9 +17,9 @@ from bagpiper_jax.sharding import Rules, constrain, param
 class Attention(nnx.Module):
     """Self-attention over packed rows ``x [batch, frames, hidden]``."""
 
-    def __init__(self, cfg: ModelConfig, rules: Rules, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, runtime: RuntimeConfig, rules: Rules, *, rngs: nnx.Rngs):
         init = jax.nn.initializers.normal(cfg.init_std)
-        dtype = jnp.dtype(cfg.param_dtype)
+        dtype = jnp.dtype(runtime.param_dtype)
         d, h, k, hd = cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim
         self.q_proj = param(init(rngs.params(), (d, h, hd), dtype), ("embed", "q_heads", "head_dim"))
         self.k_proj = param(init(rngs.params(), (d, k, hd), dtype), ("embed", "kv_heads", "head_dim"))
@@ -28,7 +28,7 @@ class Attention(nnx.Module):
         self.q_norm = RMSNorm(hd, cfg.rms_eps, "head_dim", dtype)
         self.k_norm = RMSNorm(hd, cfg.rms_eps, "head_dim", dtype)
         self.rope_theta = cfg.rope_theta
-        self.kernel = get_kernel(cfg, rules)
+        self.kernel = get_kernel(runtime, rules)
         self.rules = rules
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:

@@ -1,4 +1,4 @@
-"""Attention kernels behind ``model.attention``; all honour packed segments and causality.
+"""Attention kernels behind ``runtime.attention``; all honour packed segments and causality.
 
 A kernel takes ``q [batch, frames, heads, head_dim]``, ``k, v [batch, frames, kv_heads,
 head_dim]`` and ``segment_ids [batch, frames]`` (0 = padding) and returns
@@ -34,7 +34,7 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 from jax.sharding import PartitionSpec
 
-from bagpiper_jax.config import ModelConfig
+from bagpiper_jax.config import RuntimeConfig
 from bagpiper_jax.sharding import Rules, logical_to_spec
 
 AttentionKernel = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
@@ -79,7 +79,7 @@ def _tile(block: int, frames: int, what: str) -> int:
     tile = min(block, frames)
     if frames % tile:
         raise ValueError(f"{what}: {frames} frames per row are not a multiple of the {tile}-frame tile; "
-                         f"choose data.row_frames / the model.*_block_* sizes so that they divide")
+                         f"choose data.row_frames / the runtime.*_block_* sizes so that they divide")
     return tile
 
 
@@ -102,7 +102,7 @@ def _shard_over_mesh(local: AttentionKernel, rules: Rules) -> AttentionKernel:
             if size % shards:
                 hint = " (rows per micro-batch = data.batch_rows / train.grad_accum)" if what == "rows" else ""
                 raise ValueError(f"Pallas attention splits {what} over mesh axes {axes} ({shards} shards), but "
-                                 f"there are {size}{hint}; use a multiple, or model.attention=xla")
+                                 f"there are {size}{hint}; use a multiple, or runtime.attention=xla")
         return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec), out_specs=q_spec,
                              check_vma=False)(q, k, v, segment_ids)
 
@@ -191,14 +191,14 @@ class PallasGpuAttention:
 _GPU_ONLY = ("cudnn", "pallas_gpu")
 
 
-def get_kernel(cfg: ModelConfig, rules: Rules = ()) -> AttentionKernel:
+def get_kernel(cfg: RuntimeConfig, rules: Rules = ()) -> AttentionKernel:
     """The kernel ``cfg.attention`` with ``cfg``'s tiles; ``rules`` place the Pallas kernels'
     ``shard_map``. A clear error when the kernel cannot run on this backend."""
     name = cfg.attention
     if name in _GPU_ONLY and jax.default_backend() != "gpu":
         raise NotImplementedError(
             f"attention kernel {name!r} needs a GPU, the backend here is {jax.default_backend()!r}; "
-            f"set model.attention=xla (or splash on TPU)")
+            f"set runtime.attention=xla (or splash on TPU)")
     if name == "xla":
         return xla_attention
     if name == "cudnn":

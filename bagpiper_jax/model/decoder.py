@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bagpiper_jax.config import ModelConfig
+from bagpiper_jax.config import ModelConfig, RuntimeConfig
 from bagpiper_jax.model.attention import Attention
 from bagpiper_jax.model.kv_cache import KVCache
 from bagpiper_jax.model.mlp import MLP
@@ -29,11 +29,11 @@ REMAT_POLICIES = {
 class Block(nnx.Module):
     """``x + attn(norm(x))`` then ``x + mlp(norm(x))`` on ``x [batch, frames, hidden]``."""
 
-    def __init__(self, cfg: ModelConfig, rules: Rules, *, rngs: nnx.Rngs):
-        self.attn_norm = RMSNorm(cfg.hidden, cfg.rms_eps, param_dtype=cfg.param_dtype)
-        self.attn = Attention(cfg, rules, rngs=rngs)
-        self.mlp_norm = RMSNorm(cfg.hidden, cfg.rms_eps, param_dtype=cfg.param_dtype)
-        self.mlp = MLP(cfg, rules, rngs=rngs)
+    def __init__(self, cfg: ModelConfig, runtime: RuntimeConfig, rules: Rules, *, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(cfg.hidden, cfg.rms_eps, param_dtype=runtime.param_dtype)
+        self.attn = Attention(cfg, runtime, rules, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.hidden, cfg.rms_eps, param_dtype=runtime.param_dtype)
+        self.mlp = MLP(cfg, runtime, rules, rngs=rngs)
         self.rules = rules
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
@@ -54,16 +54,16 @@ class Decoder(nnx.Module):
     """``cfg.layers`` blocks whose parameters carry a leading "layers" axis.
 
     The forward pass is one ``lax.scan`` over that axis (compile time independent of
-    depth), each step rematerialised per ``cfg.remat`` (none | dots | full).
+    depth), each step rematerialised per ``runtime.remat`` (see ``REMAT_POLICIES``).
     """
 
-    def __init__(self, cfg: ModelConfig, rules: Rules, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, runtime: RuntimeConfig, rules: Rules, *, rngs: nnx.Rngs):
         @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_blocks(key):
-            return Block(cfg, rules, rngs=nnx.Rngs(params=key))
+            return Block(cfg, runtime, rules, rngs=nnx.Rngs(params=key))
 
         self.blocks = make_blocks(jax.random.split(rngs.params(), cfg.layers))
-        self.remat = cfg.remat
+        self.remat = runtime.remat
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
         graphdef, stacked = nnx.split(self.blocks)

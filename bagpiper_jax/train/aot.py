@@ -7,7 +7,7 @@ including for a TPU pod slice described by :func:`tpu_devices` (compile-only dev
 
     devices = tpu_devices("v5p:4x4x8")
     mesh = make_mesh(cfg.mesh, devices)
-    compiled, seconds = build_program(cfg, mesh, abstract_encoder(mesh, cfg.mesh.rules)).compile()
+    compiled, seconds = build_program(cfg, mesh, FrozenTower.abstract(mesh, cfg.mesh.rules)).compile()
     device_memory_gib(compiled)  # {"argument_gib": ..., "temp_gib": ..., "total_gib": ...}
 """
 from __future__ import annotations
@@ -16,16 +16,9 @@ import importlib.util
 import os
 
 import jax
-import jax.numpy as jnp
-from flax import nnx
-from jax.sharding import Mesh
+from jax.experimental import topologies
 
-from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
-from bagpiper_jax.audio_encoder.tower import abstract_tower
-from bagpiper_jax.sharding import Rules, state_shardings
-from bagpiper_jax.train.state import with_shardings
 from bagpiper_jax.train.step import compiled_memory_gib
-from bagpiper_jax.train.program import Frozen
 
 
 def tpu_devices(topology: str) -> list[jax.Device]:
@@ -33,7 +26,6 @@ def tpu_devices(topology: str) -> list[jax.Device]:
     ``"v6e:16x16"`` (256 chips). Needs ``libtpu`` (``pip install "jax[tpu]==<jax version>"``),
     not a TPU. Several processes may do this at once (libtpu's single-user lock is waived:
     nothing runs on a chip)."""
-    from jax.experimental import topologies
     if importlib.util.find_spec("libtpu") is None:
         raise RuntimeError(f'AOT compilation for TPU needs libtpu: pip install "jax[tpu]=={jax.__version__}"')
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -41,15 +33,6 @@ def tpu_devices(topology: str) -> list[jax.Device]:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
     except RuntimeError as e:
         raise RuntimeError(f"cannot describe TPU topology {topology!r}: {e}") from e
-
-
-def abstract_encoder(mesh: Mesh, rules: Rules, config: AudioEncoderConfig = AudioEncoderConfig(),
-                     dtype: str = "bfloat16") -> Frozen:
-    """The frozen continuous audio tower (default: Qwen3-Omni's, DESIGN §4) with abstract
-    params sharded by ``rules``, as the train step receives it."""
-    graphdef, params = nnx.split(abstract_tower(config, jnp.dtype(dtype)))
-    shardings = state_shardings(params, mesh, rules)
-    return Frozen(graphdef, with_shardings(params, shardings), shardings, config.num_mel_bins)
 
 
 def device_memory_gib(compiled) -> dict:

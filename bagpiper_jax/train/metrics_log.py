@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from tensorboardX import SummaryWriter
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
@@ -21,12 +22,13 @@ def _scalars(metrics: dict) -> dict[str, float]:
 
 
 class MetricsLog:
+    """Writes a run's metrics (process 0 only; other processes get a disabled log)."""
+
     def __init__(self, run_dir: str | Path, enabled: bool = True):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._writer = None
         if enabled:
-            from tensorboardX import SummaryWriter
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
 
@@ -47,11 +49,10 @@ class MetricsLog:
         path = self.run_dir / "metrics.jsonl"
         if not self.enabled or not path.is_file():
             return None
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # slow to import; used once, at the end of a run
         records = [json.loads(line) for line in path.read_text().splitlines()]
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig = Figure(figsize=(7, 4))
+        ax = fig.subplots()
         for key, label in (("loss", "train"), ("eval/loss", "eval")):
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:
@@ -63,7 +64,6 @@ class MetricsLog:
         ax.grid(alpha=0.3)
         out = self.run_dir / "loss_curve.png"
         fig.savefig(out, dpi=100, bbox_inches="tight")
-        plt.close(fig)
         return out
 
     def close(self):

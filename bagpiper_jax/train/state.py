@@ -19,6 +19,8 @@ from bagpiper_jax.sharding import Rules, state_shardings
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class TrainState:
+    """What a train step updates (and a run checkpoint stores, beside the data iterator)."""
+
     params: nnx.State
     opt_state: optax.OptState
     step: jax.Array  # int32 scalar: optimizer steps taken
@@ -41,7 +43,3 @@ def init_state(params: nnx.State, tx: optax.GradientTransformation, shardings: T
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
     return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), shardings.step))
 
-
-def with_shardings(abstract, shardings):
-    """``jax.ShapeDtypeStruct`` s carrying ``shardings`` (targets for AOT compile and restore)."""
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

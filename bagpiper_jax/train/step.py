@@ -1,11 +1,10 @@
 """The jitted train and eval steps.
 
 A step takes the train state, the frozen audio tower's params (or ``None``) and a packed
-batch (the dict of :mod:`bagpiper_jax.data.pipeline`, as global arrays). Gradient
-accumulation splits the batch rows into ``grad_accum`` strided micro-batches (each device
-keeps an equal share of every micro-batch) and scans over them; every micro-batch loss is
-divided by the whole batch's loss positions, so the summed gradient equals the gradient
-of one big batch.
+:class:`~bagpiper_jax.model.batch.Batch` of global arrays. Gradient accumulation splits
+the batch rows into ``grad_accum`` strided micro-batches (each device keeps an equal share
+of every micro-batch) and scans over them; every micro-batch loss is divided by the whole
+batch's loss positions, so the summed gradient equals the gradient of one big batch.
 """
 from __future__ import annotations
 
@@ -17,57 +16,42 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bagpiper_jax.model.bagpiper import Batch
-from bagpiper_jax.model.continuous import encode_pieces
+from bagpiper_jax.audio_encoder.frozen import FrozenTower
+from bagpiper_jax.model.batch import Batch
 from bagpiper_jax.model.loss import loss_positions, stream_metrics
-from bagpiper_jax.model.step import BATCH_AXES
-from bagpiper_jax.sharding import Rules, logical_to_spec
 from bagpiper_jax.train.state import TrainState
-
-PIECE_AXES = {"mel": ("activation_batch", None, None), "mel_offset": ("activation_batch", None),
-              "mel_lengths": ("activation_batch", None), "mel_clip_lengths": ("activation_batch", None),
-              "mel_start": ("activation_batch", None)}
-
-
-def batch_shardings(batch: dict, mesh: Mesh, rules: Rules) -> dict:
-    """NamedShardings for a pipeline batch dict (rows over the batch axes)."""
-    axes = {**BATCH_AXES, **PIECE_AXES}
-    return {k: NamedSharding(mesh, logical_to_spec(axes[k], rules)) for k in batch}
-
-
-def model_batch(batch: dict, tower) -> Batch:
-    """Pipeline batch -> model :class:`Batch`, encoding the continuous pieces with ``tower``."""
-    continuous = frames = None
-    if tower is not None:
-        continuous, frames = encode_pieces(tower, batch["mel"], batch["mel_lengths"], batch["mel_clip_lengths"],
-                                           batch["mel_start"], batch["mel_offset"])
-    return Batch(ids=batch["ids"], segment_ids=batch["segment_ids"], positions=batch["positions"],
-                 loss_mask=batch["loss_mask"], continuous=continuous, continuous_frames=frames)
 
 
 def _add(a, b):
     return jax.tree.map(jnp.add, a, b)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tower_graphdef: nnx.GraphDef | None, tx: optax.GradientTransformation,
+def _model_loss(graphdef: nnx.GraphDef, params, tower: FrozenTower | None, tower_params, batch: Batch,
+                denominator=None):
+    """``(loss, metric sums)`` of the model rebuilt from ``graphdef`` and ``params``, its
+    continuous audio encoded by the frozen ``tower``."""
+    continuous = None if tower is None or batch.pieces is None else tower.encode(tower_params, batch.pieces)
+    return nnx.merge(graphdef, params).loss(batch, continuous, denominator)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tower: FrozenTower | None, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, grad_accum: int) -> Callable:
     """``step(state, tower_params, batch) -> (state, metrics)`` (not yet jitted)."""
 
-    def step(state: TrainState, tower_params, batch: dict):
-        tower = None if tower_graphdef is None else nnx.merge(tower_graphdef, tower_params)
+    def step(state: TrainState, tower_params, batch: Batch):
         vocab = nnx.merge(graphdef, state.params).vocab
-        denominator = loss_positions(batch["ids"], batch["loss_mask"], batch["segment_ids"], vocab)
+        denominator = loss_positions(batch.ids, batch.loss_mask, batch.segment_ids, vocab)
 
-        def micro_grads(mb):
+        def micro_grads(micro: Batch):
             def loss_fn(params):
-                return nnx.merge(graphdef, params).loss(model_batch(mb, tower), denominator)
+                return _model_loss(graphdef, params, tower, tower_params, micro, denominator)
             (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
             return grads, sums
 
         if grad_accum == 1:
             grads, sums = micro_grads(batch)
         else:
-            rows = batch["ids"].shape[0]
+            rows = batch.rows
             micro = jax.tree.map(lambda x: x.reshape(rows // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1),
                                  batch)
             first = jax.tree.map(lambda x: x[0], micro)
@@ -82,24 +66,23 @@ def make_train_step(graphdef: nnx.GraphDef, tower_graphdef: nnx.GraphDef | None,
     return step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, tower_graphdef: nnx.GraphDef | None) -> Callable:
+def make_eval_step(graphdef: nnx.GraphDef, tower: FrozenTower | None) -> Callable:
     """``eval_step(params, tower_params, batch) -> metric sums`` (accumulate, then
     :func:`bagpiper_jax.model.loss.stream_metrics`)."""
 
-    def eval_step(params, tower_params, batch: dict):
-        tower = None if tower_graphdef is None else nnx.merge(tower_graphdef, tower_params)
-        return nnx.merge(graphdef, params).loss(model_batch(batch, tower))[1]
+    def eval_step(params, tower_params, batch: Batch):
+        return _model_loss(graphdef, params, tower, tower_params, batch)[1]
 
     return eval_step
 
 
 def jit_steps(train_step: Callable, eval_step: Callable, state_shardings: TrainState, tower_shardings,
-              batch_sharding: dict, mesh: Mesh):
+              batch_shardings: Batch, mesh: Mesh):
     """Both steps jitted with explicit in/out shardings; the train state is donated."""
     replicated = NamedSharding(mesh, PartitionSpec())
-    train = jax.jit(train_step, in_shardings=(state_shardings, tower_shardings, batch_sharding),
+    train = jax.jit(train_step, in_shardings=(state_shardings, tower_shardings, batch_shardings),
                     out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-    evaluate = jax.jit(eval_step, in_shardings=(state_shardings.params, tower_shardings, batch_sharding),
+    evaluate = jax.jit(eval_step, in_shardings=(state_shardings.params, tower_shardings, batch_shardings),
                        out_shardings=replicated)
     return train, evaluate
 

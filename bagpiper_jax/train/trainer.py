@@ -22,23 +22,30 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from bagpiper_jax.audio_encoder.config import output_lengths
+from bagpiper_jax.audio_encoder.frozen import FrozenTower, mel_bins
+from bagpiper_jax.checkpoint.frozen_modules import load_frozen_tower
+from bagpiper_jax.checkpoint.model_checkpoint import load_init_params
+from bagpiper_jax.checkpoint.run import RunCheckpoints, checkpoint_directory
 from bagpiper_jax.config import Config
-from bagpiper_jax.data.pipeline import DataError, build_input, to_global_arrays
+from bagpiper_jax.data.pipeline import DataError, build_input
+from bagpiper_jax.model.batch import Batch, to_global_arrays
 from bagpiper_jax.model.create import init_model
 from bagpiper_jax.model.flops import train_flops_per_frame
 from bagpiper_jax.model.loss import stream_metrics
-from bagpiper_jax.sharding import make_mesh
-from bagpiper_jax.train.checkpoint import RunCheckpoints, checkpoint_directory
+from bagpiper_jax.sharding import make_mesh, with_shardings
 from bagpiper_jax.train.metrics_log import MetricsLog
-from bagpiper_jax.train.program import Frozen, build_program, load_frozen_encoder
-from bagpiper_jax.train.state import init_state, with_shardings
+from bagpiper_jax.train.program import build_program
+from bagpiper_jax.train.state import init_state
 from bagpiper_jax.train.step import compiled_memory_gib
 from bagpiper_jax.vocab import Vocab
 
 log = logging.getLogger(__name__)
+
+
 class Preemption:
     """Turns SIGTERM into a flag the loop checks (agreed on by all processes)."""
 
@@ -52,7 +59,6 @@ class Preemption:
     def agreed(self) -> bool:
         if jax.process_count() == 1:
             return self.requested
-        from jax.experimental import multihost_utils
         return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
 
     def restore(self):
@@ -65,9 +71,9 @@ def train(cfg: Config, progress: bool = True) -> dict:
     mesh = make_mesh(cfg.mesh)
     main = jax.process_index() == 0
     vocab = Vocab.from_config(cfg.model)
-    frozen = load_frozen_encoder(cfg, mesh)
-    program = build_program(cfg, mesh, frozen)
-    data = build_input(cfg.data, vocab, output_lengths, frozen.mel_bins, process_index=jax.process_index(),
+    tower = load_frozen_tower(cfg, mesh)
+    program = build_program(cfg, mesh, tower)
+    data = build_input(cfg.data, vocab, output_lengths, mel_bins(tower), process_index=jax.process_index(),
                        process_count=jax.process_count())
     ckpts = RunCheckpoints(checkpoint_directory(cfg), t_cfg.keep_checkpoints)
     latest = ckpts.latest_step()
@@ -78,12 +84,12 @@ def train(cfg: Config, progress: bool = True) -> dict:
         log.info("resumed from %s/%d", ckpts.directory, latest)
     else:
         if t_cfg.init_from:  # an HF Qwen3 directory or a model checkpoint (bagpiper-convert)
-            from bagpiper_jax.convert.model_checkpoint import load_init_params
             params = load_init_params(t_cfg.init_from, cfg, mesh)
         else:
-            _, params, _ = init_model(cfg.model, mesh, cfg.mesh.rules, cfg.seed)
+            _, params, _ = init_model(cfg.model, cfg.runtime, mesh, cfg.mesh.rules, cfg.seed)
         state = init_state(params, program.tx, program.state_shardings)
     local_rows = cfg.data.batch_rows // jax.process_count()
+    tower_params = None if tower is None else tower.params
     batch_sh, eval_step = program.batch_shardings, program.eval_step
     compiled, compile_s = program.compile()
     memory = compiled_memory_gib(compiled)
@@ -104,11 +110,11 @@ def train(cfg: Config, progress: bool = True) -> dict:
         with jax.set_mesh(mesh):
             while step < t_cfg.steps:
                 host = next(data)
-                if frozen.graphdef is None and np.any(host["mel_lengths"]):
-                    raise DataError("the data holds continuous (user) audio but model.audio_encoder is not set")
-                if len(host["ids"]) != local_rows:
-                    raise DataError(f"pipeline gave {len(host['ids'])} rows, expected {local_rows}")
-                state, metrics = compiled(state, frozen.params, to_global_arrays(host, batch_sh))
+                if tower is None and np.any(host.pieces.lengths):
+                    raise DataError("the data holds continuous (user) audio but assets.audio_encoder is not set")
+                if host.rows != local_rows:
+                    raise DataError(f"pipeline gave {host.rows} rows, expected {local_rows}")
+                state, metrics = compiled(state, tower_params, to_global_arrays(host, batch_sh))
                 step += 1
                 window_steps += 1
                 frames_seen += frames_per_step
@@ -122,7 +128,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
                     bar.set_postfix(loss=f"{last['loss']:.4f}", fps=f"{last['frames_per_s']:.0f}")
                     window_t, window_steps = time.perf_counter(), 0
                 if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
-                    logs.write(step, evaluate(cfg, eval_step, state.params, frozen, vocab, batch_sh), "eval/")
+                    logs.write(step, evaluate(cfg, eval_step, state.params, tower, vocab, batch_sh), "eval/")
                 if step % t_cfg.checkpoint_every == 0 or step == t_cfg.steps:
                     ckpts.save(step, state, data, cfg, frames_seen)
                 bar.update(1)
@@ -141,14 +147,15 @@ def train(cfg: Config, progress: bool = True) -> dict:
     return {"step": step, "preempted": False, **last}
 
 
-def evaluate(cfg: Config, eval_step, params, frozen: Frozen, vocab: Vocab, batch_sh: dict) -> dict:
+def evaluate(cfg: Config, eval_step, params, tower: FrozenTower | None, vocab: Vocab, batch_sh: Batch) -> dict:
     """Mean metrics over ``train.eval_batches`` batches of the eval data (no CFG dropout),
     always the same batches: a fresh pipeline from its start."""
     data_cfg = dataclasses.replace(cfg.data, prepared=cfg.data.eval_prepared or cfg.data.prepared, workers=0)
-    data = build_input(data_cfg, vocab, output_lengths, frozen.mel_bins, process_index=jax.process_index(),
+    data = build_input(data_cfg, vocab, output_lengths, mel_bins(tower), process_index=jax.process_index(),
                        process_count=jax.process_count(), train=False)
+    tower_params = None if tower is None else tower.params
     total = None
     for _ in range(cfg.train.eval_batches):
-        sums = eval_step(params, frozen.params, to_global_arrays(next(data), batch_sh))
+        sums = eval_step(params, tower_params, to_global_arrays(next(data), batch_sh))
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     return jax.device_get(stream_metrics(total))

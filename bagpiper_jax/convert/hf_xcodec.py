@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from safetensors.numpy import save_file
 
-from bagpiper_jax.codec.checkpoint import abstract_model, save_codec, variable_names
+from bagpiper_jax.checkpoint.errors import CheckpointError
+from bagpiper_jax.checkpoint.tensor_reader import TensorReader
 from bagpiper_jax.codec.config import XCodecConfig
-from bagpiper_jax.config import ConfigError
-from bagpiper_jax.convert.tensor_reader import CheckpointError, TensorReader
+from bagpiper_jax.codec.params import abstract_model, variable_names
+from bagpiper_jax.config import ConfigError, from_dict, read_json_file, to_dict
 
 PREFIX = "multimodal_io_dict.discrete_audio.codec_model."
 _POS_CONV = "semantic_model.encoder.pos_conv_embed.conv."
@@ -30,15 +33,53 @@ WEIGHT_NORM_FORMS = {
 }
 
 
+# HF HuBERT fields that change the math but that this implementation does not support:
+# (field, the only supported value).
+_HUBERT_FIXED = (("feat_extract_norm", "group"), ("do_stable_layer_norm", False),
+                 ("conv_pos_batch_norm", False), ("hidden_act", "gelu"),
+                 ("feat_extract_activation", "gelu"))
+
+
+def config_from_hf(d: dict[str, Any], source: str = "config.json") -> XCodecConfig:
+    """An HF ``XcodecConfig`` dict -> :class:`XCodecConfig`; fields we do not model are
+    ignored unless they change the math, in which case an unsupported value raises."""
+    if d.get("model_type", "xcodec") != "xcodec":
+        raise ConfigError(f"{source}: model_type is {d.get('model_type')!r}, expected 'xcodec'")
+    sem = d.get("semantic_model_config") or {}
+    if sem.get("model_type", "hubert") != "hubert":
+        raise ConfigError(f"{source}: semantic_model_config.model_type is {sem.get('model_type')!r}; "
+                          "only 'hubert' is supported")
+    for key, value in _HUBERT_FIXED:
+        if key in sem and sem[key] != value:
+            raise ConfigError(f"{source}: semantic_model_config.{key} = {sem[key]!r} is not supported "
+                              f"(only {value!r})")
+    ac = d.get("acoustic_model_config") or {}
+    if ac.get("model_type", "dac") != "dac":
+        raise ConfigError(f"{source}: acoustic_model_config.model_type is {ac.get('model_type')!r}, "
+                          "expected 'dac'")
+    # sub-configs under our names ("semantic" = semantic_model_config, "acoustic" = acoustic_model_config)
+    cfg = from_dict(XCodecConfig, {**d, "semantic": sem, "acoustic": ac}, source, lenient=True)
+    if d.get("codebook_dim") not in (None, cfg.codebook_dim):
+        raise ConfigError(f"{source}: codebook_dim {d['codebook_dim']} must equal acoustic + semantic "
+                          f"hidden sizes ({cfg.codebook_dim})")
+    return cfg
+
+
+def config_to_hf(cfg: XCodecConfig) -> dict[str, Any]:
+    """An HF ``XcodecConfig`` dict that ``XcodecConfig(**d)`` / ``from_pretrained`` accepts."""
+    top = {k: v for k, v in to_dict(cfg).items() if k not in ("semantic", "acoustic")}
+    semantic = to_dict(cfg.semantic)
+    semantic.update({k: v for k, v in _HUBERT_FIXED}, model_type="hubert",
+                    num_feat_extract_layers=len(cfg.semantic.conv_dim))
+    acoustic = to_dict(cfg.acoustic)
+    acoustic.update(model_type="dac", hop_length=cfg.hop_length)
+    return {**top, "model_type": "xcodec", "architectures": ["XcodecModel"], "codebook_dim": cfg.codebook_dim,
+            "semantic_model_config": semantic, "acoustic_model_config": acoustic}
+
+
 def read_hf_config(hf_dir: str | Path) -> XCodecConfig:
     path = Path(hf_dir) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path} missing: {hf_dir} is not an HF XCodec directory")
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
-    return XCodecConfig.from_hf_dict(d, source=str(path))
+    return config_from_hf(read_json_file(path, f"an HF XCodec config ({hf_dir})", CheckpointError), str(path))
 
 
 def hf_key(name: str, weight_norm: str = "parametrizations") -> str:
@@ -108,32 +149,10 @@ def save_hf_xcodec(out_dir: str | Path, cfg: XCodecConfig, params: dict[str, np.
                    weight_norm: str = "parametrizations") -> Path:
     """Writes an HF XCodec directory (``config.json`` + ``model.safetensors``) that
     ``XcodecModel.from_pretrained`` loads."""
-    from safetensors.numpy import save_file
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: np.ascontiguousarray(v) for k, v in export_hf_state(params, weight_norm=weight_norm).items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
+    (out / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2))
     return out
 
-
-def convert(hf_dir: str | Path, out_dir: str | Path) -> Path:
-    """HF XCodec directory -> codec params directory."""
-    cfg, params = import_hf_xcodec(hf_dir)
-    return save_codec(out_dir, cfg, params)
-
-
-def register(subparsers):
-    p = subparsers.add_parser("hf-xcodec", help="HF XCodec directory -> codec params directory")
-    p.add_argument("--hf", required=True, help="HF XCodec directory (config.json + weights)")
-    p.add_argument("--out", required=True, help="output params directory")
-    p.set_defaults(run=_run)
-
-
-def _run(args) -> int:
-    try:
-        out = convert(args.hf, args.out)
-    except (CheckpointError, ConfigError) as e:
-        raise SystemExit(f"bagpiper-convert hf-xcodec: {e}") from e
-    print(f"wrote codec params to {out}")
-    return 0

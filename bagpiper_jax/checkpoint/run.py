@@ -3,7 +3,7 @@
 ``<checkpoint_dir>/<step>/`` (by default ``<run_dir>/checkpoints``; a ``gs://`` URL is
 written by Orbax directly) holds three items:
 
-- ``state``: the :class:`TrainState` (params, optimizer state, step), written by every
+- ``state``: the train state (:class:`~bagpiper_jax.train.state.TrainState`) (params, optimizer state, step), written by every
   process for its shards; restored onto whatever mesh the targets' shardings describe, so
   a run can resume on a different mesh shape or device count;
 - ``data``: each process's Grain iterator state (one file per process);
@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from bagpiper_jax.config import Config, to_dict
-from bagpiper_jax.train.state import TrainState
+from bagpiper_jax.version import __version__
 
 
 def checkpoint_directory(cfg: Config) -> str:
@@ -31,6 +31,8 @@ def checkpoint_directory(cfg: Config) -> str:
 
 
 class RunCheckpoints:
+    """The checkpoints of one training run (an Orbax ``CheckpointManager`` of the three items)."""
+
     def __init__(self, directory: str | Path, keep: int, async_save: bool = True):
         """``directory``: the checkpoint directory (local path or a URL such as ``gs://b/run``)."""
         directory = str(directory)
@@ -45,15 +47,14 @@ class RunCheckpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: TrainState, data_iterator, cfg: Config, frames_seen: int,
-             force: bool = False) -> bool:
-        from bagpiper_jax import __version__
+    def save(self, step: int, state, data_iterator, cfg: Config, frames_seen: int, force: bool = False) -> bool:
+        """Saves ``state`` (the train state pytree), the iterator's state and the metadata (async)."""
         meta = {"step": step, "frames_seen": frames_seen, "version": __version__, "config": to_dict(cfg)}
         return self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
             meta=ocp.args.JsonSave(meta)), force=force)
 
-    def restore(self, step: int, target: TrainState, data_iterator) -> tuple[TrainState, dict]:
+    def restore(self, step: int, target, data_iterator) -> tuple[object, dict]:
         """Restores ``target`` (abstract arrays with the shardings wanted now) and sets the
         iterator's state in place; returns the state and the metadata."""
         restored = self.manager.restore(step, args=ocp.args.Composite(
@@ -61,7 +62,10 @@ class RunCheckpoints:
             meta=ocp.args.JsonRestore()))
         return restored["state"], restored["meta"]
 
-    def restore_state(self, step: int, target: TrainState) -> TrainState:
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def restore_state(self, step: int, target):
         """The train state alone (conversion and evaluation tools)."""
         return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
 

@@ -29,9 +29,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """A weights directory or tensor is missing or malformed; the message names it."""
+from bagpiper_jax.checkpoint.errors import CheckpointError
 
 
 class TensorReader:
@@ -96,10 +94,9 @@ class TensorReader:
 
     def _torch_state(self, f: Path) -> dict:
         if f not in self._torch_cache:
-            import torch
             mmap = zipfile.is_zipfile(f)  # legacy (pre-1.6) torch files cannot be memory-mapped
             try:
-                state = torch.load(str(f), map_location="cpu", weights_only=True, mmap=mmap)
+                state = _torch().load(str(f), map_location="cpu", weights_only=True, mmap=mmap)
             except Exception as e:  # torch raises several types for bad/unsafe pickles
                 raise CheckpointError(f"cannot load {f} as a weights-only torch file: {e}") from e
             if not isinstance(state, dict):
@@ -159,7 +156,7 @@ def widen(array: np.ndarray) -> np.ndarray:
     return np.array(array)
 
 
-_SAFETENSORS_DTYPES = {
+SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
@@ -180,9 +177,9 @@ def _safetensors_header(f: Path) -> tuple[dict, int]:
 def _map_safetensor(f: Path, name: str, header: dict, data_start: int) -> np.ndarray:
     """One tensor as a read-only memory map."""
     entry = header[name]
-    if entry["dtype"] not in _SAFETENSORS_DTYPES:
+    if entry["dtype"] not in SAFETENSORS_DTYPES:
         raise CheckpointError(f"tensor {name!r} in {f} has unsupported dtype {entry['dtype']}")
-    dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
+    dtype = np.dtype(SAFETENSORS_DTYPES[entry["dtype"]])
     start, end = entry["data_offsets"]
     if end == start:
         return np.zeros(entry["shape"], dtype)
@@ -215,8 +212,13 @@ def _libc():
         return None
 
 
+def _torch():
+    import torch  # optional dependency (the `convert` extra), needed only for .pt/.bin files
+    return torch
+
+
 def _torch_to_numpy(t) -> np.ndarray:
-    import torch
+    torch = _torch()
     if t.dtype == torch.bfloat16:
         return t.detach().cpu().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.detach().cpu().numpy()

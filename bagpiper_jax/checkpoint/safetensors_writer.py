@@ -18,9 +18,10 @@ from typing import Callable, Iterable, Iterator
 import ml_dtypes
 import numpy as np
 
-from bagpiper_jax.convert.tensor_reader import _SAFETENSORS_DTYPES, CheckpointError
+from bagpiper_jax.checkpoint.errors import CheckpointError
+from bagpiper_jax.checkpoint.tensor_reader import SAFETENSORS_DTYPES
 
-_DTYPE_NAMES = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
+_DTYPE_NAMES = {np.dtype(v): k for k, v in SAFETENSORS_DTYPES.items()}
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"

@@ -1,4 +1,4 @@
-"""HF ↔ JAX conversion of the audio tower, and ``bagpiper-convert hf-audio-encoder``.
+"""HF ↔ JAX conversion of the audio tower (``bagpiper-convert hf-audio-encoder``).
 
 Reads only the audio tower's tensors from a full Qwen3-Omni directory (names under
 ``thinker.audio_tower.`` or ``thinker.model.audio_tower.``; the 30B language model is never
@@ -12,7 +12,6 @@ LayerNorm ``weight`` → ``scale``; per-layer tensors stacked on a leading layer
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,11 +19,15 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 from flax import nnx
+from safetensors.numpy import save_file
 
-from bagpiper_jax.audio_encoder.config import HF_MODEL_TYPE, AudioEncoderConfig
+from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
 from bagpiper_jax.audio_encoder.tower import abstract_tower
-from bagpiper_jax.convert.tensor_reader import CheckpointError, TensorReader
+from bagpiper_jax.checkpoint.errors import CheckpointError
+from bagpiper_jax.checkpoint.tensor_reader import TensorReader
+from bagpiper_jax.config import ConfigError, from_dict, read_json_file, to_dict
 
+HF_MODEL_TYPE = "qwen3_omni_moe_audio_encoder"
 HF_PREFIXES = ("thinker.audio_tower.", "thinker.model.audio_tower.")
 
 # (our module, HF module, kind, input rank of the kernel) — kind: linear | conv | norm.
@@ -48,6 +51,28 @@ _LAYER_MODULES = (
     ("fc2", "fc2", "linear", 1),
 )
 _HF_PARAM_NAME = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+
+
+def config_from_hf(path: str | Path) -> AudioEncoderConfig:
+    """The tower config of an HF ``config.json`` (or the directory holding it): a bare
+    audio encoder config or a full Qwen3-Omni config with ``thinker_config.audio_config``.
+    HF fields that do not change the computation (dropout, init range, ...) are ignored."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    values = read_json_file(path, "an HF model config", ConfigError)
+    if values.get("model_type") == HF_MODEL_TYPE:
+        return from_dict(AudioEncoderConfig, values, str(path), lenient=True)
+    audio = (values.get("thinker_config") or {}).get("audio_config")
+    if not isinstance(audio, dict):
+        raise ConfigError(f"{path}: neither a '{HF_MODEL_TYPE}' config nor one with "
+                          f"'thinker_config.audio_config' (model_type={values.get('model_type')!r})")
+    return from_dict(AudioEncoderConfig, audio, f"{path} thinker_config.audio_config", lenient=True)
+
+
+def config_to_hf(config: AudioEncoderConfig) -> dict:
+    """A config.json body that ``Qwen3OmniMoeAudioEncoder.from_pretrained`` accepts."""
+    return {"model_type": HF_MODEL_TYPE, "architectures": ["Qwen3OmniMoeAudioEncoder"], **to_dict(config)}
 
 
 def abstract_params(config: AudioEncoderConfig) -> dict:
@@ -141,7 +166,7 @@ def iter_hf_tensors(config: AudioEncoderConfig, params: dict, prefix: str = "",
 def open_hf_tower(hf_dir: str | Path) -> tuple[AudioEncoderConfig, TensorReader]:
     """Config and a reader restricted to the audio tower of an HF directory."""
     hf_dir = Path(hf_dir)
-    config = AudioEncoderConfig.from_hf_config(hf_dir)
+    config = config_from_hf(hf_dir)
     model_type = json.loads((hf_dir / "config.json").read_text()).get("model_type")
     if model_type == HF_MODEL_TYPE:
         return config, TensorReader(hf_dir)
@@ -173,30 +198,10 @@ def import_hf(hf_dir: str | Path) -> tuple[AudioEncoderConfig, dict]:
 
 def export_hf(config: AudioEncoderConfig, params: dict, out_dir: str | Path, dtype=np.float32) -> Path:
     """Writes a bare HF ``Qwen3OmniMoeAudioEncoder`` directory (config.json + model.safetensors)."""
-    from safetensors.numpy import save_file
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(dict(iter_hf_tensors(config, params, dtype=dtype)), str(out_dir / "model.safetensors"),
               metadata={"format": "pt"})
-    (out_dir / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
+    (out_dir / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
     return out_dir
 
-
-def _run_convert(args: argparse.Namespace) -> int:
-    from bagpiper_jax.params_io import save_params
-    config, params = import_hf(args.hf)
-    out = save_params(args.out, params, config.to_dict())
-    count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
-    print(f"wrote audio tower ({count:,} parameters, {config.encoder_layers} layers) to {out}")
-    return 0
-
-
-def register(subparsers) -> None:
-    """Adds ``hf-audio-encoder --hf DIR --out DIR`` to ``bagpiper-convert``."""
-    p = subparsers.add_parser(
-        "hf-audio-encoder", help="HF Qwen3-Omni audio tower -> audio encoder params",
-        description="Reads only the audio tower of an HF Qwen3-Omni directory (or a bare "
-                    "Qwen3OmniMoeAudioEncoder directory) and writes an audio encoder params directory.")
-    p.add_argument("--hf", required=True, help="HF Qwen3-Omni directory or bare audio encoder directory")
-    p.add_argument("--out", required=True, help="output params directory")
-    p.set_defaults(run=_run_convert)

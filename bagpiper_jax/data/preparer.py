@@ -1,0 +1,101 @@
+"""One example at a time: a manifest :class:`Example` -> a :class:`PreparedExample`.
+
+- text -> token ids (the ``assets.tokenizer`` tokenizer);
+- assistant audio -> 16 kHz mono -> XCodec codes (``assets.codec``; jitted,
+  length-bucketed batches);
+- user/system audio -> 16 kHz mono -> log-mel (truncated at ``data.max_audio_seconds``).
+
+Corpus preparation (:mod:`bagpiper_jax.data.prepare`) and generation prompts use it, so a
+prompt is prepared exactly as the training data was.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bagpiper_jax.audio_encoder.config import output_lengths
+from bagpiper_jax.audio_encoder.features import log_mel
+from bagpiper_jax.audio_io import AudioError, load_audio
+from bagpiper_jax.checkpoint.frozen_modules import load_codec
+from bagpiper_jax.codec.tokenizer import XCodecTokenizer
+from bagpiper_jax.config import Config, ConfigError
+from bagpiper_jax.data.manifest import Example
+from bagpiper_jax.data.records import PreparedExample, PreparedMessage
+from bagpiper_jax.data.template import example_frames
+from bagpiper_jax.data.text_tokenizer import TextTokenizer
+from bagpiper_jax.vocab import Vocab
+
+MEL_BUCKET_SAMPLES = 16_000 * 8  # log-mel compiles once per 8 s of clip length
+
+
+class Skip(ValueError):
+    """An input that is skipped; ``kind`` is its report category."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class Preparer:
+    """Turns manifest examples into prepared records (text, codes, log-mel)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.vocab = Vocab.from_config(cfg.model)
+        if not cfg.assets.tokenizer:
+            raise ConfigError("assets.tokenizer must name a tokenizer.json (or its directory)")
+        if not cfg.assets.codec:
+            raise ConfigError("assets.codec must name a converted XCodec params directory")
+        self.tokenizer = TextTokenizer(cfg.assets.tokenizer)
+        self.tokenizer.check_fits(cfg.model.text_vocab_size)
+        self.codec = XCodecTokenizer(load_codec(cfg.assets.codec))
+        if self.codec.cfg.codebook_size != cfg.model.codebook_size:
+            raise ConfigError(f"codec {cfg.assets.codec} has codebook_size {self.codec.cfg.codebook_size}, "
+                              f"model.codebook_size is {cfg.model.codebook_size}")
+        self.max_samples = int(cfg.data.max_audio_seconds * 16_000)
+
+    def _mel(self, wav: np.ndarray) -> np.ndarray:
+        wav = wav[:self.max_samples]
+        padded = np.zeros(-(-len(wav) // MEL_BUCKET_SAMPLES) * MEL_BUCKET_SAMPLES, np.float32)
+        padded[:len(wav)] = wav
+        mel, frames = log_mel(padded[None], np.asarray([len(wav)], np.int32))
+        return np.asarray(mel[0, :int(frames[0])])
+
+    def prepare(self, examples: list[Example]) -> tuple[list[PreparedExample], list[tuple[str, str, str]]]:
+        """Prepared examples (manifest order) and ``(id, kind, reason)`` per skipped one."""
+        skipped, staged, to_encode = [], [], []
+        for ex in examples:
+            try:
+                messages = []
+                for m in ex.messages:
+                    if m.modality == "text":
+                        tokens = self.tokenizer.encode(m.content)
+                        if not len(tokens):
+                            raise Skip(f"text {m.content!r} has no tokens", "empty text")
+                        messages.append(PreparedMessage(m.role, m.modality, "text", tokens))
+                        continue
+                    wav = load_audio(m.content)
+                    if len(wav) < self.codec.hop_length:
+                        raise Skip(f"audio file {m.content} is shorter than one codec frame "
+                                   f"({self.codec.hop_length} samples at 16 kHz)", "too short audio")
+                    if m.role == "assistant":
+                        to_encode.append((len(staged), len(messages), wav[:self.max_samples]))
+                        messages.append(PreparedMessage(m.role, m.modality, "codes", np.zeros((0, 0))))
+                    else:
+                        messages.append(PreparedMessage(m.role, m.modality, "mel", self._mel(wav)))
+                staged.append((ex, messages))
+            except (AudioError, Skip) as e:
+                skipped.append((ex.id, e.kind, str(e)))
+        codes = self.codec.encode([w for _, _, w in to_encode]) if to_encode else []
+        for (i, j, _), c in zip(to_encode, codes):
+            m = staged[i][1][j]
+            staged[i][1][j] = PreparedMessage(m.role, m.modality, "codes", np.asarray(c, np.int16))
+        out = []
+        for ex, messages in staged:
+            prepared = PreparedExample(ex.id, ex.task, 0, tuple(messages))
+            frames = example_frames(prepared, self.vocab, output_lengths)
+            text_only = all(m.kind == "text" for m in messages)
+            if frames > self.cfg.data.row_frames and not text_only:
+                skipped.append((ex.id, "over-long", f"{frames} frames > data.row_frames={self.cfg.data.row_frames}"))
+                continue
+            out.append(PreparedExample(ex.id, ex.task, frames, tuple(messages)))
+        return out, skipped
