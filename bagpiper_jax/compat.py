@@ -53,21 +53,16 @@ class _NoPacker:
         raise RuntimeError("Grain's packer internals are not available")
 
 
-def _grain_packer():
-    if not _internals_allowed("grain"):
-        return _NoPacker, None
+GrainPackerBase: type = _NoPacker
+grain_key_name = None
+if _internals_allowed("grain"):
     try:
         from grain._src.python.dataset.transformations.packing_packed_batch import (  # private: guarded here
-            FirstFitPackedBatch,
-            get_key_name,
+            FirstFitPackedBatch as GrainPackerBase,
         )
+        from grain._src.python.dataset.transformations.packing_packed_batch import get_key_name as grain_key_name
     except ImportError as e:
         log.warning("Grain's packer internals did not import (%s): using its public packer", e)
-        return _NoPacker, None
-    return FirstFitPackedBatch, get_key_name
-
-
-GrainPackerBase, grain_key_name = _grain_packer()
 GRAIN_PACKER = grain_key_name is not None
 
 
@@ -82,9 +77,8 @@ def install_packer(dataset, packer_cls) -> bool:
 
 # --- Orbax: chunked array writes ------------------------------------------------------------
 
-def _orbax_writer() -> types.SimpleNamespace | None:
-    if not _internals_allowed("orbax-checkpoint"):
-        return None
+ORBAX_WRITER: types.SimpleNamespace | None = None  # the internals lazy_save uses, where allowed
+if _internals_allowed("orbax-checkpoint"):
     try:
         from orbax.checkpoint._src.metadata import array_metadata_store  # private: guarded here
         from orbax.checkpoint._src.multihost import multihost
@@ -94,16 +88,12 @@ def _orbax_writer() -> types.SimpleNamespace | None:
             tensorstore_utils,
             type_handler_registry,
         )
-    except ImportError as e:
+        ORBAX_WRITER = types.SimpleNamespace(
+            array_metadata_store=array_metadata_store.Store, process_index=multihost.process_index,
+            serialize_shardings=jax_array_handlers._async_serialize_shardings,
+            subdir_process_index=ocdbt_utils.get_process_index_for_subdir,
+            build_array_write_spec=tensorstore_utils.build_array_write_spec,
+            create_registry=type_handler_registry.create_type_handler_registry,
+            default_handlers=type_handler_registry._DEFAULT_TYPE_HANDLERS)
+    except (ImportError, AttributeError) as e:
         log.warning("Orbax internals did not import (%s): params are saved whole", e)
-        return None
-    return types.SimpleNamespace(
-        array_metadata_store=array_metadata_store.Store, process_index=multihost.process_index,
-        serialize_shardings=jax_array_handlers._async_serialize_shardings,
-        subdir_process_index=ocdbt_utils.get_process_index_for_subdir,
-        build_array_write_spec=tensorstore_utils.build_array_write_spec,
-        create_registry=type_handler_registry.create_type_handler_registry,
-        default_handlers=type_handler_registry._DEFAULT_TYPE_HANDLERS)
-
-
-ORBAX_WRITER = _orbax_writer()

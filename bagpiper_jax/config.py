@@ -179,7 +179,7 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Prepared corpus and the Grain training input (DESIGN §5, §6)."""
+    """Prepared corpus and the Grain training input (docs/data.md)."""
 
     prepared: str = ""  # directory of ArrayRecord shards + index.json (bagpiper-prepare --out)
     eval_prepared: str = ""  # held-out prepared directory for eval ("" = the first batches of `prepared`)
@@ -216,7 +216,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation, checkpointing and logging (DESIGN §7)."""
+    """Optimisation, checkpointing and logging (docs/training.md)."""
 
     steps: int = 600_000
     lr: float = 1e-4
@@ -248,7 +248,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GenerateConfig:
-    """Decoding defaults (DESIGN §9); ``bagpiper-generate`` flags override them.
+    """Decoding defaults (docs/generation.md); ``bagpiper-generate`` flags override them.
 
     Frame counts of a segment exclude its role, modality and END frames; an audio
     segment of ``n`` codec frames occupies ``n + num_streams - 1`` (delay-interleaved).

@@ -7,7 +7,8 @@ mesh axes; this module turns annotations into ``PartitionSpec``/``NamedSharding`
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np

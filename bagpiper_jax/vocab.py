@@ -1,4 +1,4 @@
-"""The unified Bagpiper vocabulary (DESIGN §2.2), computed from the model config.
+"""The unified Bagpiper vocabulary (docs/model.md, Vocabulary), computed from the model config.
 
 Layout, in order: ``num_special`` special tokens, the text tokenizer's ids shifted by
 ``text_offset``, then one block of ``codebook_size + 1`` ids per codec stream whose first
@@ -32,7 +32,7 @@ class Vocab:
     codebook_size: int
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> "Vocab":
+    def from_config(cls, cfg: ModelConfig) -> Vocab:
         return cls(cfg.num_special, cfg.text_vocab_size, cfg.num_streams, cfg.codebook_size)
 
     @property

@@ -25,10 +25,10 @@ from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
-from bagpiper_jax.config import from_dict
 from bagpiper_jax.audio_encoder.features import HOP, log_mel
-from bagpiper_jax.convert.hf_audio_encoder import from_hf_tensors
 from bagpiper_jax.audio_encoder.tower import bucket_frames, parameter_count, tower_from_params
+from bagpiper_jax.config import from_dict
+from bagpiper_jax.convert.hf_audio_encoder import from_hf_tensors
 
 p = argparse.ArgumentParser()
 p.add_argument("--batch", type=int, default=4)

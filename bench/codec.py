@@ -11,15 +11,14 @@ import argparse
 import json
 import time
 
+import jax
 import numpy as np
 import torch
-
-import jax
 from transformers import XcodecConfig, XcodecModel
 
 from bagpiper_jax.codec.params import model_from_params
-from bagpiper_jax.convert.hf_xcodec import config_from_hf, params_from_hf_state
 from bagpiper_jax.codec.tokenizer import XCodecTokenizer
+from bagpiper_jax.convert.hf_xcodec import config_from_hf, params_from_hf_state
 
 p = argparse.ArgumentParser()
 p.add_argument("--batch", type=int, default=2)

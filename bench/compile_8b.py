@@ -25,14 +25,14 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + f" --xla_force_host_platform_device_count={args.devices}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import json  # noqa: E402
+import json
 
-import jax  # noqa: E402
-from compile_tpu import compile_report  # noqa: E402
+import jax
+from compile_tpu import compile_report
 
-from bagpiper_jax.config import load_config  # noqa: E402
-from bagpiper_jax.model.create import abstract_model  # noqa: E402
-from bagpiper_jax.model.flops import param_count  # noqa: E402
+from bagpiper_jax.config import load_config
+from bagpiper_jax.model.create import abstract_model
+from bagpiper_jax.model.flops import param_count
 
 cfg = load_config(args.config, ["mesh.fsdp=-1", f"data.row_frames={args.seq}",
                                 f"data.batch_rows={args.rows_per_device * args.devices}", *args.overrides])

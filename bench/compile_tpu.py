@@ -16,12 +16,12 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host compiles; the TPU devices are compile-only
 
-from bagpiper_jax.config import load_config  # noqa: E402
-from bagpiper_jax.model.flops import train_flops_per_frame  # noqa: E402
-from bagpiper_jax.sharding import make_mesh  # noqa: E402
-from bagpiper_jax.audio_encoder.frozen import FrozenTower  # noqa: E402
-from bagpiper_jax.train.aot import device_memory_gib, tpu_devices  # noqa: E402
-from bagpiper_jax.train.program import build_program  # noqa: E402
+from bagpiper_jax.audio_encoder.frozen import FrozenTower
+from bagpiper_jax.config import load_config
+from bagpiper_jax.model.flops import train_flops_per_frame
+from bagpiper_jax.sharding import make_mesh
+from bagpiper_jax.train.aot import device_memory_gib, tpu_devices
+from bagpiper_jax.train.program import build_program
 
 # HBM per chip (GiB, the figures Google publishes) by jax device_kind.
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}

@@ -36,8 +36,8 @@ def stage(name: str, workdir: Path, layers: int, source: str = "safetensors") ->
     """Runs one stage in this process; returns seconds and peak RSS."""
     from flax import nnx
 
-    from bagpiper_jax.convert import commands, torch_layout
     from bagpiper_jax.checkpoint.safetensors_writer import TensorSpec, write_safetensors
+    from bagpiper_jax.convert import commands, torch_layout
     from bagpiper_jax.model.create import abstract_model
     cfg = bench_config(layers)
     t0 = time.perf_counter()

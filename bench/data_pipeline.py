@@ -22,7 +22,6 @@ from bagpiper_jax.data.pipeline import build_pipeline, packing_efficiency
 from bagpiper_jax.vocab import Vocab
 
 
-
 def cpu_seconds() -> float:
     """CPU time of this process and its live children (the Grain workers); 0 without psutil."""
     try:

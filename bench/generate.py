@@ -4,7 +4,7 @@ frames/s per batch size; one JSON line.
 Random-init params; synthetic prompts (``<|bos|> <|user|> <|text|>`` + text tokens +
 ``<|eos|> <|assistant|>``); the answer is forced to one audio segment of exactly
 ``--frames`` codec frames (``min_audio_frames = max_audio_frames``), so every row decodes
-``frames + streams + 1`` frames with the DESIGN §9 sampling (T 0.8, top-k 20) and CFG
+``frames + streams + 1`` frames with the docs/generation.md sampling (T 0.8, top-k 20) and CFG
 (scale 3: the unconditional rows double the model batch; ``--no-guidance`` drops them).
 frames/s counts answer frames of the conditional rows over the whole call (prompt prefill
 included); compile time is reported apart.

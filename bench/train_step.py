@@ -18,7 +18,6 @@ import time
 
 import jax
 import numpy as np
-
 from synthetic import synthetic_batch
 
 from bagpiper_jax.config import load_config

@@ -72,7 +72,7 @@ case "$cmd" in
       [ -d bagpiper-jax ] || git clone -q $REPO bagpiper-jax
       cd bagpiper-jax && git fetch -q origin && git checkout -q $REF
       python3 -m venv ~/venv && . ~/venv/bin/activate
-      pip install -q -U pip && pip install -q -e '.[tpu]' gcsfs
+      pip install -q -U pip && pip install -q -c constraints.txt -e '.[tpu]' gcsfs
       sudo mkdir -p $MOUNT && sudo chown \$USER $MOUNT
       mountpoint -q $MOUNT || gcsfuse --implicit-dirs --file-cache-max-size-mb=-1 --cache-dir=/tmp/gcsfuse-cache ${BUCKET#gs://} $MOUNT"
     ;;

@@ -7,18 +7,19 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/bagpiper-jax-test-cache")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """A small prepared demo corpus (shared by the data and training tests)."""
-    from bagpiper_jax.data.demo import ensure_demo_prepared
     from helpers import demo_config
+
+    from bagpiper_jax.data.demo import ensure_demo_prepared
     root = tmp_path_factory.mktemp("demo")
     ensure_demo_prepared(demo_config(root), examples=64, heldout=8)
     return root

@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from bagpiper_jax.config import ConfigError, MeshConfig, RuntimeConfig
-from bagpiper_jax.model.attention_kernels import (PallasGpuAttention, SplashAttention, get_kernel,
-                                                  segment_causal_mask, xla_attention)
+from bagpiper_jax.model.attention_kernels import (
+    PallasGpuAttention,
+    SplashAttention,
+    get_kernel,
+    segment_causal_mask,
+    xla_attention,
+)
 from bagpiper_jax.sharding import make_mesh
 
 

@@ -4,13 +4,13 @@ import pytest
 import soundfile as sf
 from audio_encoder_testing import hf_encode, tiny_hf_encoder
 
-from bagpiper_jax.checkpoint.frozen_modules import save_tower
 from bagpiper_jax.audio_encoder.config import output_lengths
 from bagpiper_jax.audio_encoder.features import log_mel
-from bagpiper_jax.convert.hf_audio_encoder import import_hf
 from bagpiper_jax.audio_encoder.tower import tower_from_params
 from bagpiper_jax.audio_io import load_audio
+from bagpiper_jax.checkpoint.frozen_modules import save_tower
 from bagpiper_jax.cli.audio_features import main
+from bagpiper_jax.convert.hf_audio_encoder import import_hf
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import pytest
 from audio_encoder_testing import TINY, hf_encode, random_features, tiny_hf_encoder
 from flax import nnx
 
-from bagpiper_jax.checkpoint.frozen_modules import load_tower
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
-from bagpiper_jax.convert.hf_audio_encoder import config_from_hf, export_hf, import_hf, iter_hf_tensors
+from bagpiper_jax.checkpoint.frozen_modules import load_tower
+from bagpiper_jax.checkpoint.tensor_reader import CheckpointError, TensorReader
 from bagpiper_jax.cli import convert
 from bagpiper_jax.config import ConfigError
-from bagpiper_jax.checkpoint.tensor_reader import CheckpointError, TensorReader
+from bagpiper_jax.convert.hf_audio_encoder import config_from_hf, export_hf, import_hf, iter_hf_tensors
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from audio_encoder_testing import hf_encode, random_features, tiny_hf_encoder
 from flax import nnx
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig, output_lengths
-from bagpiper_jax.convert.hf_audio_encoder import import_hf
 from bagpiper_jax.audio_encoder.tower import AudioTower, bucket_frames, encode, parameter_count, tower_from_params
+from bagpiper_jax.convert.hf_audio_encoder import import_hf
 
 run_tower = nnx.jit(lambda tower, *args: tower(*args))
 
@@ -111,7 +111,7 @@ def test_full_size_parameter_count():
         hf = Qwen3OmniMoeAudioEncoder(Qwen3OmniMoeAudioEncoderConfig(output_dim=2048))
     assert count == parameter_count(config) == sum(p.numel() for p in hf.parameters())
     print(f"full-size audio tower: {count:,} parameters")
-    assert count == 647_927_168  # DESIGN §4: ~648M
+    assert count == 647_927_168  # docs/audio_encoder.md: ~648M
 
 
 def test_sharded_forward_matches_unsharded(tower):

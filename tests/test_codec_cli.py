@@ -7,11 +7,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-import soundfile as sf  # noqa: E402
-from test_codec_hf import make_tiny_hf  # noqa: E402
+import soundfile as sf
+from test_codec_hf import make_tiny_hf
 
-from bagpiper_jax.cli.codec import main  # noqa: E402
-from bagpiper_jax.convert.commands import convert_hf_xcodec as convert  # noqa: E402
+from bagpiper_jax.cli.codec import main
+from bagpiper_jax.convert.commands import convert_hf_xcodec as convert
 
 
 @pytest.fixture(scope="module")

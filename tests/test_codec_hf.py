@@ -52,10 +52,11 @@ LENGTHS = (3520, 3210, 3300, 3500, 3519)
 def tiny(tmp_path_factory):
     """(HF model, our model, clips, a tokenizer sharded over 8 devices) for one tiny codec."""
     import jax
+
     from bagpiper_jax.codec.params import model_from_params
-    from bagpiper_jax.convert.hf_xcodec import import_hf_xcodec
     from bagpiper_jax.codec.tokenizer import XCodecTokenizer
     from bagpiper_jax.config import MeshConfig
+    from bagpiper_jax.convert.hf_xcodec import import_hf_xcodec
     from bagpiper_jax.sharding import make_mesh
 
     directory = tmp_path_factory.mktemp("tiny_xcodec")

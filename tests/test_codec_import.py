@@ -10,15 +10,15 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from safetensors.numpy import load_file, save_file  # noqa: E402
-from test_codec_hf import make_tiny_hf  # noqa: E402
+from safetensors.numpy import load_file, save_file
+from test_codec_hf import make_tiny_hf
 
-from bagpiper_jax.convert import hf_xcodec as hf_import  # noqa: E402
-from bagpiper_jax.checkpoint.frozen_modules import load_codec  # noqa: E402
-from bagpiper_jax.codec.params import abstract_model, params_from_model  # noqa: E402
-from bagpiper_jax.codec.config import XCodecConfig  # noqa: E402
-from bagpiper_jax.codec.xcodec import num_parameters  # noqa: E402
-from bagpiper_jax.checkpoint.errors import CheckpointError  # noqa: E402
+from bagpiper_jax.checkpoint.errors import CheckpointError
+from bagpiper_jax.checkpoint.frozen_modules import load_codec
+from bagpiper_jax.codec.config import XCodecConfig
+from bagpiper_jax.codec.params import abstract_model, params_from_model
+from bagpiper_jax.codec.xcodec import num_parameters
+from bagpiper_jax.convert import hf_xcodec as hf_import
 
 POS = "semantic_model.encoder.pos_conv_embed.conv."
 

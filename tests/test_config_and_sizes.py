@@ -1,13 +1,12 @@
 """Config loading rules, the vocabulary layout, and the exact 8B parameter count."""
 import jax
 import pytest
+from helpers import REPO, TINY
 
 from bagpiper_jax.config import ConfigError, load_config, to_dict
 from bagpiper_jax.model.create import abstract_model
 from bagpiper_jax.model.flops import param_count, train_flops_per_frame
 from bagpiper_jax.vocab import Vocab
-
-from helpers import REPO, TINY
 
 BAGPIPER_8B_PARAMS = 8_268_432_384
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 import yaml
 from flax import nnx
+from helpers import tiny_config
 from safetensors.numpy import load_file, save_file
+from test_hf_qwen3 import hf_dir, hf_logits, stream0_text_logits  # noqa: F401 - hf_dir is a fixture
 from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
 
 from bagpiper_jax.checkpoint import lazy_save
@@ -32,9 +34,6 @@ from bagpiper_jax.data.demo import tiny_codec_config, tiny_encoder_config
 from bagpiper_jax.model.create import abstract_model as abstract_bagpiper
 from bagpiper_jax.sharding import make_mesh, state_shardings
 from bagpiper_jax.train.state import abstract_state, init_state, train_state_shardings
-
-from helpers import tiny_config
-from test_hf_qwen3 import hf_dir, hf_logits, stream0_text_logits  # noqa: F401 - hf_dir is a fixture
 
 CODEC = "multimodal_io_dict.discrete_audio.codec_model."
 TOWER = "multimodal_io_dict.continuous_audio.model.audio_tower."
@@ -337,10 +336,11 @@ def test_run_directory_to_torch(setup, tmp_path):
 def test_training_starts_from_a_model_checkpoint(demo_root, tmp_path):
     """train.init_from = a model checkpoint: with lr 0 the run's first checkpoint holds
     exactly its params (read back through the run-directory export path)."""
+    from helpers import demo_config
+
     from bagpiper_jax.checkpoint.model_checkpoint import FrozenModules, save_model_checkpoint
     from bagpiper_jax.model.create import init_model
     from bagpiper_jax.train.trainer import train
-    from helpers import demo_config
     cfg = demo_config(demo_root, f"run_dir={tmp_path}/run", f"train.init_from={tmp_path}/init", "train.steps=1",
                       "train.lr=0.0", "train.eval_every=1000")
     _, params, _ = init_model(cfg.model, cfg.runtime, make_mesh(cfg.mesh), cfg.mesh.rules, seed=7)

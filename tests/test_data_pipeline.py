@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 from bagpiper_jax.audio_encoder.config import output_lengths
 from bagpiper_jax.config import DataConfig
@@ -13,8 +14,6 @@ from bagpiper_jax.data.records import PreparedExample, PreparedMessage
 from bagpiper_jax.data.template import example_frames
 from bagpiper_jax.model.batch import Batch
 from bagpiper_jax.vocab import Vocab
-
-from helpers import tiny_config
 
 CFG = tiny_config()
 VOCAB = Vocab.from_config(CFG.model)

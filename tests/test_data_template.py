@@ -1,4 +1,4 @@
-"""Templates: frames, ids and loss weights against hand-written arrays (DESIGN §2.4, §5)."""
+"""Templates: frames, ids and loss weights against hand-written arrays (docs/data.md, docs/model.md)."""
 import numpy as np
 import pytest
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from flax import nnx
+from helpers import DEMO, demo_config, demo_overrides, example_frames, tiny_config
 
 from bagpiper_jax.audio_encoder.pieces import Continuous
 from bagpiper_jax.codec.interleave import interleaved_ids
@@ -22,8 +23,6 @@ from bagpiper_jax.model import Batch, init_model
 from bagpiper_jax.model.kv_cache import KVCache
 from bagpiper_jax.sharding import make_mesh
 from bagpiper_jax.vocab import ASSISTANT, AUDIO, BOS, EOS, EOT, TEXT, USER
-
-from helpers import DEMO, demo_config, demo_overrides, example_frames, tiny_config
 
 SLOTS = 96
 # Words of a demo caption that name each sound type (bagpiper_jax.data.demo_corpus).
@@ -236,7 +235,7 @@ def test_rules_restrict_stream0_per_phase(model):
     ids = np.arange(vocab.size)
 
     def allowed(phase, segment=0, step=0, audio_end=NOT_ENDED):
-        row = lambda x: jnp.asarray([x], jnp.int32)  # noqa: E731
+        row = lambda x: jnp.asarray([x], jnp.int32)
         return ids[np.asarray(rules.stream0_allowed(RowState(row(phase), row(segment), row(step), row(audio_end))))[0]]
 
     assert list(allowed(0)) == [TEXT] and list(allowed(0, segment=1)) == [AUDIO]

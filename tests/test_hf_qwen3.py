@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from helpers import tiny_config
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from bagpiper_jax.config import ConfigError
-from bagpiper_jax.checkpoint.hf_qwen3 import load_hf_qwen3, model_config_from_hf, read_hf_config
 from bagpiper_jax.checkpoint.errors import CheckpointError
+from bagpiper_jax.checkpoint.hf_qwen3 import load_hf_qwen3, model_config_from_hf, read_hf_config
+from bagpiper_jax.config import ConfigError
 from bagpiper_jax.model import Batch
 from bagpiper_jax.sharding import make_mesh
-
-from helpers import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,15 @@
-"""The model's loss and embedding against plain, unchunked references of DESIGN §2.3/§2.4."""
+"""The model's loss and embedding against plain, unchunked references (docs/model.md, Frames and
+streams; Loss)."""
 import jax
 import numpy as np
 import pytest
-
 from flax import nnx
+from helpers import packed_batch, tiny_config
 
 from bagpiper_jax.model import Bagpiper
 from bagpiper_jax.model.create import init_model
 from bagpiper_jax.model.loss import multistream_loss, stream_metrics
 from bagpiper_jax.sharding import make_mesh
-
-from helpers import packed_batch, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +23,7 @@ def model_and_batch():
 
 
 def reference_loss(hidden, head, stream_emb, ids, mask, seg, vocab):
-    """DESIGN §2.4 written plainly with explicit loops over positions and streams."""
+    """docs/model.md, Loss written plainly with explicit loops over positions and streams."""
     rows, frames, streams = ids.shape
     a0, na = vocab.audio_offset, vocab.audio_size
     total, positions = 0.0, 0

@@ -4,12 +4,11 @@ import json
 
 import numpy as np
 import soundfile as sf
+from helpers import demo_config
 
 from bagpiper_jax.data.pipeline import read_index
 from bagpiper_jax.data.prepare import prepare_manifest
 from bagpiper_jax.data.records import decode_record
-
-from helpers import demo_config
 
 
 def test_broken_entries_are_reported_and_good_ones_prepared(demo_root, tmp_path):

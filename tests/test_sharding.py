@@ -3,6 +3,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import packed_batch, tiny_config
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -11,8 +12,6 @@ from bagpiper_jax.config import ConfigError, MeshConfig
 from bagpiper_jax.model.create import init_model
 from bagpiper_jax.sharding import logical_to_spec, make_mesh
 from bagpiper_jax.vocab import Vocab
-
-from helpers import packed_batch, tiny_config
 
 
 def run(cfg, devices, batch, continuous):

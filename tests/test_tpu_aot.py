@@ -9,9 +9,9 @@ import jax
 import pytest
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
+from bagpiper_jax.audio_encoder.frozen import FrozenTower
 from bagpiper_jax.config import load_config
 from bagpiper_jax.sharding import make_mesh
-from bagpiper_jax.audio_encoder.frozen import FrozenTower
 from bagpiper_jax.train.aot import device_memory_gib, tpu_devices
 from bagpiper_jax.train.program import build_program
 

@@ -5,6 +5,7 @@ import shutil
 import jax
 import numpy as np
 from flax import nnx
+from helpers import demo_config, packed_batch, tiny_config
 
 from bagpiper_jax.checkpoint.run import RunCheckpoints
 from bagpiper_jax.model.create import abstract_model, init_model
@@ -13,8 +14,6 @@ from bagpiper_jax.train.optimizer import learning_rate, make_optimizer
 from bagpiper_jax.train.state import abstract_state, init_state, train_state_shardings
 from bagpiper_jax.train.step import make_train_step
 from bagpiper_jax.train.trainer import train
-
-from helpers import demo_config, packed_batch, tiny_config
 
 
 def losses(run_dir):

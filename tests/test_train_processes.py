@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import DEMO, demo_overrides
 
 LAUNCH_LOCAL = Path(__file__).resolve().parents[1] / "launch" / "local.sh"

@@ -1,7 +1,7 @@
 """Configuration of the Qwen3-Omni audio tower, mirroring HF ``Qwen3OmniMoeAudioEncoderConfig``.
 
 Only the fields that change the computation are kept; defaults are the shipped
-Qwen3-Omni-30B-A3B tower (DESIGN §4) except ``output_dim``, which HF defaults to 3584 and
+Qwen3-Omni-30B-A3B tower (docs/audio_encoder.md) except ``output_dim``, which HF defaults to 3584 and
 the shipped checkpoint sets to 2048.
 """
 from __future__ import annotations
@@ -90,7 +90,7 @@ def conv_out_length(frames):
 
 
 def output_lengths(frames, config: AudioEncoderConfig = AudioEncoderConfig()):
-    """Tokens the tower emits for ``frames`` mel frames (DESIGN §4): 13 per full chunk plus
+    """Tokens the tower emits for ``frames`` mel frames (docs/audio_encoder.md): 13 per full chunk plus
     the conv length of the remainder. Ints or integer arrays."""
     full, rest = frames // config.chunk_frames, frames % config.chunk_frames
     return full * config.tokens_per_chunk + conv_out_length(rest)

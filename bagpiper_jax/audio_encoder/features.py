@@ -1,4 +1,4 @@
-"""Whisper-style log-mel features for the audio tower (DESIGN §4), batched and jittable.
+"""Whisper-style log-mel features for the audio tower (docs/audio_encoder.md), batched and jittable.
 
 Per clip of ``n`` samples at 16 kHz: optional waveform normalisation (zero mean, unit
 variance, eps 1e-7, over the clip's own samples), centred STFT (n_fft 400, hop 160,

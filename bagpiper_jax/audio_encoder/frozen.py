@@ -38,13 +38,13 @@ class FrozenTower:
     config: AudioEncoderConfig
 
     @classmethod
-    def from_tower(cls, tower: AudioTower, mesh: Mesh, rules: Rules) -> "FrozenTower":
+    def from_tower(cls, tower: AudioTower, mesh: Mesh, rules: Rules) -> FrozenTower:
         graphdef, params = nnx.split(tower)
         return cls(graphdef, params, state_shardings(params, mesh, rules), tower.config)
 
     @classmethod
     def abstract(cls, mesh: Mesh, rules: Rules, config: AudioEncoderConfig = AudioEncoderConfig(),
-                 dtype: str = "bfloat16") -> "FrozenTower":
+                 dtype: str = "bfloat16") -> FrozenTower:
         """The tower (default: Qwen3-Omni's) with abstract params sharded by ``rules``, as an
         ahead-of-time compile of a step receives it; nothing is allocated."""
         graphdef, params = nnx.split(abstract_tower(config, jnp.dtype(dtype)))

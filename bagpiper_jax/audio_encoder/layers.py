@@ -6,7 +6,7 @@ Numerics follow PyTorch: LayerNorm eps 1e-5, exact-erf GELU, softmax in float32.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -44,7 +44,7 @@ class MelPieces:
         "start": ("activation_batch", None)}
 
     @classmethod
-    def abstract(cls, rows: int, mel_frames: int, pieces: int, mel_bins: int) -> "MelPieces":
+    def abstract(cls, rows: int, mel_frames: int, pieces: int, mel_bins: int) -> MelPieces:
         """Shapes and dtypes only (``jax.ShapeDtypeStruct`` leaves)."""
         def spec(*shape, dtype=jnp.int32):
             return jax.ShapeDtypeStruct(shape, dtype)
@@ -52,7 +52,7 @@ class MelPieces:
                    spec(rows, pieces), spec(rows, pieces))
 
     @classmethod
-    def empty(cls, rows: int, mel_bins: int) -> "MelPieces":
+    def empty(cls, rows: int, mel_bins: int) -> MelPieces:
         """Host pieces of rows without continuous audio (no piece slots)."""
         none = np.zeros((rows, 0), np.int32)
         return cls(np.zeros((rows, 0, mel_bins), np.float32), none, none, none, none)

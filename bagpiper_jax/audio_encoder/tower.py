@@ -122,7 +122,7 @@ class AudioTower(nnx.Module):
             (default ``lengths``: every row is a whole clip).
         Returns:
           outputs: ``[batch, 13 * ceil(frames / 100), output_dim]`` in the compute dtype, zero
-          past each clip's tokens; token_lengths: int32 ``[batch]`` (DESIGN §4 formula).
+          past each clip's tokens; token_lengths: int32 ``[batch]`` (docs/audio_encoder.md formula).
         """
         cfg = self.config
         batch, frames, _ = features.shape

@@ -2,7 +2,7 @@
 ``train.init_from`` and ``bagpiper-convert hf-qwen3``.
 
 Params are read shard by shard (:mod:`~bagpiper_jax.checkpoint.layout`). The vocabulary
-is extended as in DESIGN §2.2: embedding and lm_head rows
+is extended as in docs/model.md, Vocabulary: embedding and lm_head rows
 ``[text_offset, text_offset + V)`` are Qwen3's; every other row is N(0, init_std),
 drawn per row from a seeded generator so the result does not depend on the mesh.
 Parameters with no Qwen3 counterpart (stream embeddings, adaptor) keep their random
@@ -14,8 +14,8 @@ shared with the reference PyTorch layout (:mod:`bagpiper_jax.convert.torch_layou
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from jax.sharding import Mesh

@@ -10,7 +10,7 @@ block only when ``lazy_save`` writes it (conversion never holds the whole model)
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np

@@ -92,7 +92,7 @@ def check_model_matches(cfg: ModelConfig, stored: ModelConfig, source: str | Pat
 
 def load_init_params(path: str | Path, cfg: Config, mesh: Mesh) -> nnx.State:
     """``train.init_from``: a model checkpoint (or run directory, or one step of a run), or
-    an HF Qwen3 directory (extended as in DESIGN §2.2). Returns the params sharded on ``mesh``."""
+    an HF Qwen3 directory (extended as in docs/model.md, Vocabulary). Returns the params sharded on ``mesh``."""
     path = Path(path)
     if is_model_checkpoint(path) or (path / RUN_CONFIG).is_file() or (path / "state").is_dir():
         return ParamsSource(path).restore(cfg, mesh)[1]

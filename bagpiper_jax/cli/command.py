@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from bagpiper_jax.distributed import initialize_from_env
 from bagpiper_jax.errors import BagpiperError

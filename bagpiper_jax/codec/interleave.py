@@ -1,4 +1,4 @@
-"""Delay interleave of codec streams (DESIGN §3) and codes <-> unified vocabulary ids.
+"""Delay interleave of codec streams (docs/codec.md) and codes <-> unified vocabulary ids.
 
 Training format: stream ``n`` is shifted right by ``n`` frames, so ``T`` codec frames
 become ``T + S - 1`` frames for ``S`` streams; the gaps hold that stream's audio pad id.

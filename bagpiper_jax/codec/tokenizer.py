@@ -13,7 +13,7 @@ encoding each clip alone (``XCodec.encode`` neutralises padding layer by layer).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np

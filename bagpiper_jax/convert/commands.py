@@ -1,4 +1,4 @@
-"""The conversions behind ``bagpiper-convert`` (DESIGN §8), one function per subcommand.
+"""The conversions behind ``bagpiper-convert`` (docs/checkpoints.md), one function per subcommand.
 
 - ``hf-xcodec --hf DIR --out DIR``: HF XCodec -> codec params directory;
 - ``hf-audio-encoder --hf DIR --out DIR``: the audio tower of an HF Qwen3-Omni (or bare

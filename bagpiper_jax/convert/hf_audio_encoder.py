@@ -13,8 +13,8 @@ LayerNorm ``weight`` → ``scale``; per-layer tensors stacked on a leading layer
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import jax
 import numpy as np

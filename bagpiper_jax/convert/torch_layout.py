@@ -1,4 +1,4 @@
-"""The reference PyTorch layout of a Bagpiper checkpoint (DESIGN §8), both ways, streaming.
+"""The reference PyTorch layout of a Bagpiper checkpoint (docs/checkpoints.md), both ways, streaming.
 
 Keys (shapes at 8B): a ``Qwen3ForCausalLM`` state dict with the extended vocabulary —
 ``model.embed_tokens.weight [160392, 4096]``, ``lm_head.weight [160392, 4096]``,
@@ -16,8 +16,7 @@ reshapes only, so torch -> ours -> torch is bit-exact.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import jax
 import numpy as np

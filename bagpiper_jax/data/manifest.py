@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from bagpiper_jax.errors import BagpiperError
 

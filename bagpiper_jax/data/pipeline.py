@@ -214,7 +214,7 @@ def build_pipeline(cfg: DataConfig, vocab: Vocab, tokens_for: TokensFor, mel_bin
     truncate = ~fits & text_only & (cfg.overlong == "truncate")
     audio_fits = _fits_audio_budget(index, cfg, len(frames))
     keep = np.flatnonzero((fits | truncate) & audio_fits)
-    report = {"records": int(len(frames)), "kept": int(len(keep)), "skipped_overlong": int(np.sum(~fits & ~truncate)),
+    report = {"records": len(frames), "kept": len(keep), "skipped_overlong": int(np.sum(~fits & ~truncate)),
               "skipped_audio_budget": int(np.sum((fits | truncate) & ~audio_fits)), "truncated": int(truncate.sum())}
     if report["skipped_overlong"]:
         log.warning("skipping %d examples longer than data.row_frames=%d", report["skipped_overlong"], cfg.row_frames)
@@ -230,7 +230,7 @@ def build_pipeline(cfg: DataConfig, vocab: Vocab, tokens_for: TokensFor, mel_bin
                           cfg.guidance_drop if train else 0.0, cfg.max_pieces_per_row, cfg.mel_frames_per_row)
     ds = EpochShuffle(grain.MapDataset.source(source), cfg.shuffle_seed).repeat(epochs)
     ds = ds.random_map(templater, seed=cfg.shuffle_seed + 1).filter(lambda x: x is not None)
-    lengths = {**{k: cfg.row_frames for k in FRAME_KEYS}, "pieces": cfg.max_pieces_per_row,
+    lengths = {**dict.fromkeys(FRAME_KEYS, cfg.row_frames), "pieces": cfg.max_pieces_per_row,
                "mel": cfg.mel_frames_per_row}
     # Reading is cheap next to decode + template (CPU-bound Python): threads only fight over the GIL
     # (and Grain's prefetch scans its whole buffer per element), so local shards read inline.

@@ -1,4 +1,5 @@
-"""Prepared example -> multi-stream frames with loss weights (DESIGN §2.4, §5).
+"""Prepared example -> multi-stream frames with loss weights (docs/data.md, Sequence format;
+docs/model.md, Loss).
 
 Frames: ``<|bos|>``, then per message ``<|role|> <|modality|> content END`` where END is
 ``<|eot|>`` when the next message has the same role, else ``<|eos|>``. Content:
@@ -26,7 +27,7 @@ Output (numpy), the pieces in the layout of
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""Generation (DESIGN §9): jitted KV-cache multi-stream decoding with restricted sampling
+"""Generation (docs/generation.md): jitted KV-cache multi-stream decoding with restricted sampling
 and CFG, caption-then-process helpers, decoding answers to text and 16 kHz audio.
 
 Modules: :mod:`~.rules` (allowed ids and row state per step), :mod:`~.sampling`,

@@ -1,4 +1,4 @@
-"""Jitted KV-cache decoding of multi-stream frames (DESIGN §9).
+"""Jitted KV-cache decoding of multi-stream frames (docs/generation.md).
 
 One call: prefill the left-padded prompt frames (continuous audio features injected via
 the adaptor) into a preallocated cache, then a ``lax.while_loop`` that feeds one frame

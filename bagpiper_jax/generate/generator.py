@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -103,7 +103,7 @@ class Generator:
         self.batch_sharding = NamedSharding(mesh, spec)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, cfg: Config, mesh: Mesh | None = None) -> "Generator":
+    def from_checkpoint(cls, checkpoint: str | Path, cfg: Config, mesh: Mesh | None = None) -> Generator:
         """Params from ``checkpoint`` (model checkpoint, run directory or run step) on ``mesh``
         (default: ``cfg.mesh`` over all devices)."""
         checkpoint = Path(checkpoint).absolute()

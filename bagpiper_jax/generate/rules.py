@@ -11,7 +11,7 @@ answer. Each row carries a small state (all ``[rows]`` int32 arrays):
 - ``audio_end``: in an audio segment, the step at which stream 0 emitted its audio pad
   (the codec frame count ``T``; ``NOT_ENDED`` before).
 
-Allowed ids (DESIGN §9): MODALITY: the modality tokens, or the one the caller's plan
+Allowed ids (docs/generation.md): MODALITY: the modality tokens, or the one the caller's plan
 forces. TEXT: stream 0 text ids, plus the END tokens from ``min_text_frames`` on (only END
 tokens at ``max_text_frames``); other streams pad (id 0). AUDIO, delay-interleaved: at
 step ``i`` stream ``n`` holds its own audio pad while ``i < n`` or ``i >= T + n``, else one
@@ -57,7 +57,7 @@ class RowState:
     audio_end: jax.Array
 
     @classmethod
-    def start(cls, rows: int) -> "RowState":
+    def start(cls, rows: int) -> RowState:
         """Rows whose last prompt frame is ``<|assistant|>``: the modality comes next."""
         zeros = jnp.zeros((rows,), jnp.int32)
         return cls(zeros + MODALITY, zeros, zeros, zeros + NOT_ENDED)

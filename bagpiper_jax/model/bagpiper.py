@@ -1,4 +1,4 @@
-"""The Bagpiper multi-stream transformer (DESIGN §2.3).
+"""The Bagpiper multi-stream transformer (docs/model.md, Frames and streams).
 
 Input: frames of ``num_streams`` ids. A frame's embedding is the sum of its streams'
 embedding rows, where a stream >= 1 holding id 0 (pad) contributes nothing. Frames of a
@@ -127,7 +127,7 @@ class Bagpiper(nnx.Module):
         return logits0, jnp.einsum("btsd,dv->btsv", hs, audio_head, preferred_element_type=jnp.float32)
 
     def loss(self, batch: Batch, continuous: Continuous | None = None, denominator: jax.Array | None = None):
-        """``(loss, metric sums)`` of DESIGN §2.4 (see :mod:`bagpiper_jax.model.loss`)."""
+        """``(loss, metric sums)`` of docs/model.md, Loss (see :mod:`bagpiper_jax.model.loss`)."""
         hidden = self.hidden_states(batch, continuous)
         return multistream_loss(hidden, self.lm_head[...], self.stream_emb[...], batch.ids,
                                 batch.loss_mask, batch.segment_ids, self.vocab, self.runtime.loss_chunk,

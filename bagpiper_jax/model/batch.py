@@ -50,7 +50,7 @@ class Batch:
         return self.ids.shape[0]
 
     @classmethod
-    def abstract(cls, cfg: Config, rows: int, mel_bins: int) -> "Batch":
+    def abstract(cls, cfg: Config, rows: int, mel_bins: int) -> Batch:
         """Shapes and dtypes of ``rows`` packed rows of ``cfg``'s data layout (with pieces)."""
         frames, streams, d = cfg.data.row_frames, cfg.model.num_streams, cfg.data
         spec = jax.ShapeDtypeStruct
@@ -58,7 +58,7 @@ class Batch:
                    spec((rows, frames), jnp.int32), spec((rows, frames, streams), jnp.float32),
                    MelPieces.abstract(rows, d.mel_frames_per_row, d.max_pieces_per_row, mel_bins))
 
-    def shardings(self, mesh: Mesh, rules: Rules) -> "Batch":
+    def shardings(self, mesh: Mesh, rules: Rules) -> Batch:
         """``NamedSharding`` s of every field (rows over the batch axes of ``rules``)."""
         def named(axes):
             return NamedSharding(mesh, logical_to_spec(axes, rules))

@@ -24,7 +24,7 @@ class ParamCount:
 
 
 def param_count(cfg: ModelConfig) -> ParamCount:
-    """Trainable parameters of the Bagpiper transformer (DESIGN §2.5)."""
+    """Trainable parameters of the Bagpiper transformer (docs/model.md, Sizes)."""
     d, hd = cfg.hidden, cfg.head_dim
     attn = d * cfg.heads * hd * 2 + d * cfg.kv_heads * hd * 2
     per_layer = attn + 3 * d * cfg.mlp + 2 * d + 2 * hd

@@ -28,7 +28,7 @@ class KVCache:
 
     @classmethod
     def zeros(cls, layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype,
-              rules: Rules = ()) -> "KVCache":
+              rules: Rules = ()) -> KVCache:
         def slab():
             return constrain(jnp.zeros((layers, batch, slots, kv_heads, head_dim), dtype), CACHE_AXES, rules)
         return cls(slab(), slab())

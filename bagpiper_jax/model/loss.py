@@ -1,4 +1,4 @@
-"""Next-frame multi-stream loss (DESIGN §2.4), chunked over frames.
+"""Next-frame multi-stream loss (docs/model.md, Loss), chunked over frames.
 
 Position t predicts frame t+1 on every stream, weighted by the loss mask of frame t+1.
 Stream 0 uses a softmax over the whole vocabulary (target id 0 ignored); streams >= 1

@@ -1,4 +1,4 @@
-"""AdamW with linear warmup and cosine decay to a floor, after global-norm clipping (DESIGN §7)."""
+"""AdamW with linear warmup and cosine decay to a floor, after global-norm clipping (docs/training.md)."""
 from __future__ import annotations
 
 import optax

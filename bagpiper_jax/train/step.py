@@ -8,7 +8,7 @@ batch's loss positions, so the summed gradient equals the gradient of one big ba
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
