@@ -4,6 +4,7 @@ Any sample rate soundfile can read (wav, flac, ogg) is resampled with ``soxr`` a
 "VHQ" quality (band-limited, linear phase; the resampler librosa uses by default), and
 multi-channel audio is averaged to mono or one channel is picked.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,8 +56,9 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, channel: int | 
     if channel is None:
         wav = wav.mean(axis=1)
     elif not 0 <= channel < wav.shape[1]:
-        raise AudioError(f"audio file {path} has {wav.shape[1]} channel(s); channel {channel} does not exist",
-                         "bad channel")
+        raise AudioError(
+            f"audio file {path} has {wav.shape[1]} channel(s); channel {channel} does not exist", "bad channel"
+        )
     else:
         wav = wav[:, channel]
     return resample(np.ascontiguousarray(wav, dtype=np.float32), rate, sample_rate)

@@ -14,6 +14,7 @@ Each is used only when the installed release is of a series this code was tested
 packer, and Orbax's ``StandardSave`` of whole params — after one warning, with the same
 results (tests check both paths). ``BAGPIPER_COMPAT=public`` forces the public paths.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -38,13 +39,15 @@ def _internals_allowed(dist: str) -> bool:
     if os.environ.get("BAGPIPER_COMPAT") == "public":
         return False
     if _series(dist) != TESTED[dist]:
-        log.warning("%s %s is not of the tested %s.x series: using its public API (slower)", dist,
-                    _series(dist), TESTED[dist])
+        log.warning(
+            "%s %s is not of the tested %s.x series: using its public API (slower)", dist, _series(dist), TESTED[dist]
+        )
         return False
     return True
 
 
 # --- Grain: the first-fit packer -----------------------------------------------------------
+
 
 class _NoPacker:
     """Stand-in base class when Grain's packer internals are not used (never instantiated)."""
@@ -57,11 +60,10 @@ GrainPackerBase: type = _NoPacker
 grain_key_name = None
 if _internals_allowed("grain"):
     try:
-        from grain._src.python.dataset.transformations.packing_packed_batch import (  # private: guarded here
-            FirstFitPackedBatch as GrainPackerBase,
-        )
-        from grain._src.python.dataset.transformations.packing_packed_batch import get_key_name as grain_key_name
-    except ImportError as e:
+        from grain._src.python.dataset.transformations import packing_packed_batch  # private: guarded here
+
+        GrainPackerBase, grain_key_name = packing_packed_batch.FirstFitPackedBatch, packing_packed_batch.get_key_name
+    except (ImportError, AttributeError) as e:
         log.warning("Grain's packer internals did not import (%s): using its public packer", e)
 GRAIN_PACKER = grain_key_name is not None
 
@@ -88,12 +90,15 @@ if _internals_allowed("orbax-checkpoint"):
             tensorstore_utils,
             type_handler_registry,
         )
+
         ORBAX_WRITER = types.SimpleNamespace(
-            array_metadata_store=array_metadata_store.Store, process_index=multihost.process_index,
+            array_metadata_store=array_metadata_store.Store,
+            process_index=multihost.process_index,
             serialize_shardings=jax_array_handlers._async_serialize_shardings,
             subdir_process_index=ocdbt_utils.get_process_index_for_subdir,
             build_array_write_spec=tensorstore_utils.build_array_write_spec,
             create_registry=type_handler_registry.create_type_handler_registry,
-            default_handlers=type_handler_registry._DEFAULT_TYPE_HANDLERS)
+            default_handlers=type_handler_registry._DEFAULT_TYPE_HANDLERS,
+        )
     except (ImportError, AttributeError) as e:
         log.warning("Orbax internals did not import (%s): params are saved whole", e)

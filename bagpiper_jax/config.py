@@ -6,6 +6,7 @@ launch script fails at start-up instead of silently training the wrong model.
 
     cfg = load_config("configs/tiny.yaml", ["model.layers=4", "mesh.fsdp=2"])
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,13 +57,26 @@ class ModelConfig:
     init_std: float = 0.02  # N(0, init_std) for new parameters (and the extended vocabulary rows)
 
     def __post_init__(self):
-        _check_positive("model", self, ("text_vocab_size", "num_streams", "codebook_size", "hidden", "layers",
-                                         "heads", "kv_heads", "head_dim", "mlp", "continuous_dim"))
+        _check_positive(
+            "model",
+            self,
+            (
+                "text_vocab_size",
+                "num_streams",
+                "codebook_size",
+                "hidden",
+                "layers",
+                "heads",
+                "kv_heads",
+                "head_dim",
+                "mlp",
+                "continuous_dim",
+            ),
+        )
         if self.num_special < 12:
             raise ConfigError(f"model.num_special must be >= 12 (named specials), got {self.num_special}")
         if self.heads % self.kv_heads:
-            raise ConfigError(
-                f"model.heads ({self.heads}) must be a multiple of model.kv_heads ({self.kv_heads})")
+            raise ConfigError(f"model.heads ({self.heads}) must be a multiple of model.kv_heads ({self.kv_heads})")
         if self.head_dim % 2:
             raise ConfigError(f"model.head_dim must be even for RoPE, got {self.head_dim}")
 
@@ -94,14 +108,28 @@ class RuntimeConfig:
         _check_choice("runtime.attention", self.attention, ("xla", "cudnn", "pallas_gpu", "splash"))
         for name in ("dtype", "param_dtype", "encoder_dtype"):
             _check_choice(f"runtime.{name}", getattr(self, name), ("float32", "bfloat16"))
-        _check_positive("runtime", self, ("max_frames", "loss_chunk", "splash_block_q", "splash_block_kv",
-                                          "splash_block_kv_compute", "gpu_block_q", "gpu_block_kv", "gpu_block_bwd"))
+        _check_positive(
+            "runtime",
+            self,
+            (
+                "max_frames",
+                "loss_chunk",
+                "splash_block_q",
+                "splash_block_kv",
+                "splash_block_kv_compute",
+                "gpu_block_q",
+                "gpu_block_kv",
+                "gpu_block_bwd",
+            ),
+        )
         for name in ("splash_block_q", "splash_block_kv", "splash_block_kv_compute"):
             if getattr(self, name) % 128:
                 raise ConfigError(f"runtime.{name} must be a multiple of 128 (TPU lanes), got {getattr(self, name)}")
         if self.splash_block_kv % self.splash_block_kv_compute:
-            raise ConfigError(f"runtime.splash_block_kv ({self.splash_block_kv}) must be a multiple of "
-                              f"runtime.splash_block_kv_compute ({self.splash_block_kv_compute})")
+            raise ConfigError(
+                f"runtime.splash_block_kv ({self.splash_block_kv}) must be a multiple of "
+                f"runtime.splash_block_kv_compute ({self.splash_block_kv_compute})"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +202,8 @@ class MeshConfig:
                 if t is not None and t not in self.axis_names:
                     raise ConfigError(
                         f"mesh.rules[{i}] ({rule[0]!r}) maps to unknown mesh axis {t!r}; "
-                        f"mesh axes are {self.axis_names}")
+                        f"mesh axes are {self.axis_names}"
+                    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,8 +239,19 @@ class DataConfig:
             raise ConfigError(f"data.read_threads must be >= 0, got {self.read_threads}")
         if self.input_shards < 0:
             raise ConfigError(f"data.input_shards must be >= 0, got {self.input_shards}")
-        _check_positive("data", self, ("row_frames", "batch_rows", "max_pieces_per_row", "mel_frames_per_row",
-                                       "piece_frames", "packing_bins", "examples_per_shard"))
+        _check_positive(
+            "data",
+            self,
+            (
+                "row_frames",
+                "batch_rows",
+                "max_pieces_per_row",
+                "mel_frames_per_row",
+                "piece_frames",
+                "packing_bins",
+                "examples_per_shard",
+            ),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,11 +279,13 @@ class TrainConfig:
     peak_flops: float = 989e12  # per device, for MFU (H100/H200 bf16 dense)
 
     def __post_init__(self):
-        _check_positive("train", self, ("steps", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
-                                        "eval_every"))
+        _check_positive(
+            "train", self, ("steps", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every")
+        )
         if self.decay_steps <= self.warmup_steps:
-            raise ConfigError(f"train.decay_steps ({self.decay_steps}) must exceed train.warmup_steps "
-                              f"({self.warmup_steps})")
+            raise ConfigError(
+                f"train.decay_steps ({self.decay_steps}) must exceed train.warmup_steps ({self.warmup_steps})"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,12 +311,19 @@ class GenerateConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("text_temperature", "audio_temperature", "text_top_k", "audio_top_k", "min_text_frames",
-                     "min_audio_frames"):
+        for name in (
+            "text_temperature",
+            "audio_temperature",
+            "text_top_k",
+            "audio_top_k",
+            "min_text_frames",
+            "min_audio_frames",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"generate.{name} must be >= 0, got {getattr(self, name)}")
-        _check_positive("generate", self, ("max_text_frames", "max_audio_frames", "max_segments", "max_new_frames",
-                                           "samples"))
+        _check_positive(
+            "generate", self, ("max_text_frames", "max_audio_frames", "max_segments", "max_new_frames", "samples")
+        )
         if self.audio_guidance_scale < 1.0:
             raise ConfigError(f"generate.audio_guidance_scale must be >= 1, got {self.audio_guidance_scale}")
 
@@ -308,10 +357,25 @@ def _check_positive(section: str, cfg: Any, names: tuple[str, ...]):
 # Keys that moved (old dotted key -> new one). Files and checkpoints written before the
 # move still load: the old key is read as the new one (a warning says so for user files).
 MOVED_KEYS = {
-    **{f"model.{k}": f"runtime.{k}" for k in (
-        "dtype", "param_dtype", "encoder_dtype", "remat", "attention", "splash_block_q", "splash_block_kv",
-        "splash_block_kv_compute", "splash_fused_bwd", "gpu_block_q", "gpu_block_kv", "gpu_block_bwd",
-        "loss_chunk", "max_frames")},
+    **{
+        f"model.{k}": f"runtime.{k}"
+        for k in (
+            "dtype",
+            "param_dtype",
+            "encoder_dtype",
+            "remat",
+            "attention",
+            "splash_block_q",
+            "splash_block_kv",
+            "splash_block_kv_compute",
+            "splash_fused_bwd",
+            "gpu_block_q",
+            "gpu_block_kv",
+            "gpu_block_bwd",
+            "loss_chunk",
+            "max_frames",
+        )
+    },
     "model.audio_encoder": "assets.audio_encoder",
     "data.tokenizer": "assets.tokenizer",
     "data.codec": "assets.codec",
@@ -418,12 +482,14 @@ def from_dict(cls: type, data: dict, source: str = "", *, lenient: bool = False)
 
 def to_dict(cfg: Any) -> dict:
     """A plain (YAML/JSON-serialisable) dict of a config dataclass."""
+
     def plain(v):
         if dataclasses.is_dataclass(v):
             return to_dict(v)
         if isinstance(v, tuple):
             return [plain(x) for x in v]
         return v
+
     return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
 

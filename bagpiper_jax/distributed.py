@@ -7,6 +7,7 @@
 - Neither: a single process.
 Call before anything touches a device.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,6 +26,8 @@ def initialize_from_env() -> None:
         return
     if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator,
-                               num_processes=int(os.environ["BAGPIPER_NUM_PROCESSES"]),
-                               process_id=int(os.environ["BAGPIPER_PROCESS_ID"]))
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=int(os.environ["BAGPIPER_NUM_PROCESSES"]),
+        process_id=int(os.environ["BAGPIPER_PROCESS_ID"]),
+    )

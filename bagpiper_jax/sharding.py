@@ -4,6 +4,7 @@ Parameters and activations are annotated with *logical* axis names ("embed", "ml
 "activation_batch", ...). A rules table (``MeshConfig.rules``) maps each logical name to
 mesh axes; this module turns annotations into ``PartitionSpec``/``NamedSharding``.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,17 +28,15 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if len(devices) % known:
-            raise ConfigError(f"mesh axes {dict(zip(cfg.axis_names, sizes))} do not divide "
-                              f"{len(devices)} devices")
+            raise ConfigError(f"mesh axes {dict(zip(cfg.axis_names, sizes))} do not divide {len(devices)} devices")
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
-        raise ConfigError(f"mesh {dict(zip(cfg.axis_names, sizes))} needs {math.prod(sizes)} devices, "
-                          f"have {len(devices)}")
+        raise ConfigError(
+            f"mesh {dict(zip(cfg.axis_names, sizes))} needs {math.prod(sizes)} devices, have {len(devices)}"
+        )
     if len(devices) == len(jax.devices()):
-        return jax.make_mesh(tuple(sizes), cfg.axis_names, axis_types=(AxisType.Auto,) * len(sizes),
-                             devices=devices)
-    return Mesh(np.asarray(devices).reshape(sizes), cfg.axis_names,
-                axis_types=(AxisType.Auto,) * len(sizes))
+        return jax.make_mesh(tuple(sizes), cfg.axis_names, axis_types=(AxisType.Auto,) * len(sizes), devices=devices)
+    return Mesh(np.asarray(devices).reshape(sizes), cfg.axis_names, axis_types=(AxisType.Auto,) * len(sizes))
 
 
 def logical_to_spec(axes: Sequence[str | None], rules: Rules) -> PartitionSpec:

@@ -5,6 +5,7 @@ Layout, in order: ``num_special`` special tokens, the text tokenizer's ids shift
 id is that stream's audio pad. With the 8B defaults this gives 160,392 ids:
 specials [0, 256), text [256, 152192), audio [152192, 160392).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,9 +14,20 @@ import numpy as np
 
 from bagpiper_jax.config import ModelConfig
 
-SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>", "<|eot|>", "<|system|>", "<|user|>",
-                  "<|assistant|>", "<|text|>", "<|audio|>", "<|image|>", "<|video|>",
-                  "<|toolcall|>")
+SPECIAL_TOKENS = (
+    "<|pad|>",
+    "<|bos|>",
+    "<|eos|>",
+    "<|eot|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|text|>",
+    "<|audio|>",
+    "<|image|>",
+    "<|video|>",
+    "<|toolcall|>",
+)
 PAD, BOS, EOS, EOT, SYSTEM, USER, ASSISTANT, TEXT, AUDIO, IMAGE, VIDEO, TOOLCALL = range(12)
 ROLE_IDS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 MODALITY_IDS = {"text": TEXT, "audio": AUDIO}
@@ -67,8 +79,7 @@ class Vocab:
         """Text-tokenizer ids -> unified ids (array-friendly)."""
         tokens = np.asarray(tokens)
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.text_size):
-            raise ValueError(f"text token ids must lie in [0, {self.text_size}), got "
-                             f"[{tokens.min()}, {tokens.max()}]")
+            raise ValueError(f"text token ids must lie in [0, {self.text_size}), got [{tokens.min()}, {tokens.max()}]")
         return tokens + self.text_offset
 
     def audio_pad(self, stream: int) -> int:
@@ -84,8 +95,9 @@ class Vocab:
         """Codec codes of one stream -> unified ids (array-friendly)."""
         codes = np.asarray(codes)
         if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
-            raise ValueError(f"codes of stream {stream} must lie in [0, {self.codebook_size}), got "
-                             f"[{codes.min()}, {codes.max()}]")
+            raise ValueError(
+                f"codes of stream {stream} must lie in [0, {self.codebook_size}), got [{codes.min()}, {codes.max()}]"
+            )
         return codes + self.audio_pad(stream) + 1
 
     def stream_range(self, stream: int) -> tuple[int, int]:

@@ -11,6 +11,7 @@ on a GPU and torch has one, else CPU), in ``--dtype``.
 
     python bench/audio_encoder.py [--batch 4] [--seconds 10] [--repeats 3] [--dtype float32]
 """
+
 import argparse
 import json
 import time
@@ -58,7 +59,7 @@ clips = [(0.1 * np.random.default_rng(i).standard_normal(n)).astype(np.float32) 
 frames = bucket_frames(max(samples) // HOP, step=config.chunk_frames)
 waveforms = np.zeros((args.batch, frames * HOP), np.float32)
 for i, clip in enumerate(clips):
-    waveforms[i, :len(clip)] = clip
+    waveforms[i, : len(clip)] = clip
 lengths = np.array(samples, np.int32)
 total_frames = int(sum(n // HOP for n in samples))
 
@@ -78,8 +79,15 @@ def ours():
 
 
 def theirs():
-    inputs = extractor(clips, sampling_rate=16_000, padding="longest", truncation=False, do_normalize=True,
-                       return_attention_mask=True, return_tensors="pt")
+    inputs = extractor(
+        clips,
+        sampling_rate=16_000,
+        padding="longest",
+        truncation=False,
+        do_normalize=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
     mask = inputs["attention_mask"].bool()
     features = inputs["input_features"].permute(0, 2, 1)[mask].T.to(device, getattr(torch, args.dtype))
     with torch.no_grad():
@@ -101,11 +109,24 @@ ours()
 compile_s = time.perf_counter() - t0
 theirs()  # warm-up
 t_ours, t_hf = best_time(ours), best_time(theirs)
-print(json.dumps({
-    "bench": "audio_encoder", "device": str(jax.devices()[0].device_kind), "torch_device": device,
-    "torch_threads": torch.get_num_threads(), "dtype": args.dtype, "params": parameter_count(config),
-    "batch": args.batch, "longest_seconds": args.seconds, "bucket_frames": frames, "mel_frames": total_frames,
-    "repeats": args.repeats, "ours_compile_s": round(compile_s, 2),
-    "ours_frames_per_s": round(total_frames / t_ours, 1), "hf_frames_per_s": round(total_frames / t_hf, 1),
-    "speedup": round(t_hf / t_ours, 3),
-}))
+print(
+    json.dumps(
+        {
+            "bench": "audio_encoder",
+            "device": str(jax.devices()[0].device_kind),
+            "torch_device": device,
+            "torch_threads": torch.get_num_threads(),
+            "dtype": args.dtype,
+            "params": parameter_count(config),
+            "batch": args.batch,
+            "longest_seconds": args.seconds,
+            "bucket_frames": frames,
+            "mel_frames": total_frames,
+            "repeats": args.repeats,
+            "ours_compile_s": round(compile_s, 2),
+            "ours_frames_per_s": round(total_frames / t_ours, 1),
+            "hf_frames_per_s": round(total_frames / t_hf, 1),
+            "speedup": round(t_hf / t_ours, 3),
+        }
+    )
+)

@@ -7,6 +7,7 @@ matching torch device (CUDA when JAX runs on a GPU and torch has one, else CPU).
 
     python bench/codec.py [--batch 2] [--seconds 10] [--repeats 2]
 """
+
 import argparse
 import json
 import time
@@ -33,8 +34,10 @@ with torch.no_grad():
     for q in hf.quantizer.quantizers:
         q.codebook.embed.normal_()
 cfg = config_from_hf(hf.config.to_dict())
-ours = XCodecTokenizer(model_from_params(cfg, params_from_hf_state(
-    cfg, {k: v.numpy() for k, v in hf.state_dict().items()})), batch_size=args.batch)
+ours = XCodecTokenizer(
+    model_from_params(cfg, params_from_hf_state(cfg, {k: v.numpy() for k, v in hf.state_dict().items()})),
+    batch_size=args.batch,
+)
 hf = hf.to(device)
 
 samples = int(args.seconds * cfg.sample_rate)
@@ -70,18 +73,35 @@ agree = float(np.mean([np.mean(c == h) for c, h in zip(codes, hf_codes)]))
 
 def hf_decode():
     with torch.no_grad():
-        return hf.decode(torch.from_numpy(np.stack(codes)).permute(0, 2, 1).long().to(device),
-                         return_dict=False).cpu().numpy()
+        return (
+            hf.decode(torch.from_numpy(np.stack(codes)).permute(0, 2, 1).long().to(device), return_dict=False)
+            .cpu()
+            .numpy()
+        )
 
 
 t_ours_enc, t_hf_enc = best_times(lambda: ours.encode(clips), hf_encode)
 t_ours_dec, t_hf_dec = best_times(lambda: ours.decode(codes), hf_decode)
-print(json.dumps({
-    "bench": "codec", "device": str(jax.devices()[0].device_kind), "torch_device": device,
-    "batch": args.batch, "clip_seconds": args.seconds, "repeats": args.repeats,
-    "encode_audio_s_per_s": {"jax": round(audio_s / t_ours_enc, 2), "hf_torch": round(audio_s / t_hf_enc, 2),
-                             "ratio": round(t_hf_enc / t_ours_enc, 3)},
-    "decode_audio_s_per_s": {"jax": round(audio_s / t_ours_dec, 2), "hf_torch": round(audio_s / t_hf_dec, 2),
-                             "ratio": round(t_hf_dec / t_ours_dec, 3)},
-    "code_agreement_with_hf": round(agree, 5),
-}))
+print(
+    json.dumps(
+        {
+            "bench": "codec",
+            "device": str(jax.devices()[0].device_kind),
+            "torch_device": device,
+            "batch": args.batch,
+            "clip_seconds": args.seconds,
+            "repeats": args.repeats,
+            "encode_audio_s_per_s": {
+                "jax": round(audio_s / t_ours_enc, 2),
+                "hf_torch": round(audio_s / t_hf_enc, 2),
+                "ratio": round(t_hf_enc / t_ours_enc, 3),
+            },
+            "decode_audio_s_per_s": {
+                "jax": round(audio_s / t_ours_dec, 2),
+                "hf_torch": round(audio_s / t_hf_dec, 2),
+                "ratio": round(t_hf_dec / t_ours_dec, 3),
+            },
+            "code_agreement_with_hf": round(agree, 5),
+        }
+    )
+)

@@ -10,6 +10,7 @@ tower inside unless ``--no-encoder``. Reports the compile time and per-device me
     python bench/compile_tpu.py --config configs/8b_v6e256.yaml --topology v6e:16x16    # v6e-256: 256 chips
     python bench/compile_tpu.py --config configs/8b_v6e256.yaml --topology v6e:16x16 runtime.remat=dots
 """
+
 import argparse
 import json
 import os
@@ -34,11 +35,22 @@ def compile_report(cfg, devices, encoder: bool = True) -> dict:
     tower = FrozenTower.abstract(mesh, cfg.mesh.rules, dtype=cfg.runtime.encoder_dtype) if encoder else None
     compiled, seconds = build_program(cfg, mesh, tower).compile()
     m, r, d = cfg.model, cfg.runtime, cfg.data
-    return {"device_kind": devices[0].device_kind, "chips": len(devices), "mesh": dict(mesh.shape),
-            "row_frames": d.row_frames, "global_rows": d.batch_rows, "global_frames": d.batch_rows * d.row_frames,
-            "grad_accum": cfg.train.grad_accum, "layers": m.layers, "remat": r.remat, "attention": r.attention,
-            "encoder": encoder, "train_flops_per_frame": train_flops_per_frame(m, d.row_frames),
-            "compile_s": round(seconds, 1), "per_device_memory": device_memory_gib(compiled)}
+    return {
+        "device_kind": devices[0].device_kind,
+        "chips": len(devices),
+        "mesh": dict(mesh.shape),
+        "row_frames": d.row_frames,
+        "global_rows": d.batch_rows,
+        "global_frames": d.batch_rows * d.row_frames,
+        "grad_accum": cfg.train.grad_accum,
+        "layers": m.layers,
+        "remat": r.remat,
+        "attention": r.attention,
+        "encoder": encoder,
+        "train_flops_per_frame": train_flops_per_frame(m, d.row_frames),
+        "compile_s": round(seconds, 1),
+        "per_device_memory": device_memory_gib(compiled),
+    }
 
 
 def main(argv=None):
@@ -50,9 +62,19 @@ def main(argv=None):
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     report = compile_report(cfg, tpu_devices(args.topology), encoder=not args.no_encoder)
-    print(json.dumps({"what": "compile_tpu_train_step", "config": args.config, "overrides": args.overrides,
-                      "topology": args.topology, **report, "hbm_per_chip_gib": HBM_GIB.get(report["device_kind"])}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "what": "compile_tpu_train_step",
+                "config": args.config,
+                "overrides": args.overrides,
+                "topology": args.topology,
+                **report,
+                "hbm_per_chip_gib": HBM_GIB.get(report["device_kind"]),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ file (zip format: ``from-torch`` memory-maps it).
 
     python bench/convert.py [--layers 12] [--source safetensors|pt] [--workdir DIR] [--keep]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,17 +40,21 @@ def stage(name: str, workdir: Path, layers: int, source: str = "safetensors") ->
     from bagpiper_jax.checkpoint.safetensors_writer import TensorSpec, write_safetensors
     from bagpiper_jax.convert import commands, torch_layout
     from bagpiper_jax.model.create import abstract_model
+
     cfg = bench_config(layers)
     t0 = time.perf_counter()
     if name == "synthesize":
-        shapes = {".".join(map(str, p)): (tuple(v.shape), np.dtype(v.dtype))
-                  for p, v in nnx.to_flat_state(abstract_model(cfg.model, cfg.runtime)[1])}
+        shapes = {
+            ".".join(map(str, p)): (tuple(v.shape), np.dtype(v.dtype))
+            for p, v in nnx.to_flat_state(abstract_model(cfg.model, cfg.runtime)[1])
+        }
         entries = torch_layout.model_entries(cfg.model)
         specs = [TensorSpec(e.key, e.torch_shape(shapes[e.path][0]), np.dtype(np.float32)) for e in entries]
         rng = np.random.default_rng(0)
         tensors = ((s.name, rng.standard_normal(s.shape, np.float32)) for s in specs)
         if source == "pt":
             import torch
+
             torch.save({name: torch.from_numpy(t) for name, t in tensors}, workdir / "model.pt")
         else:
             write_safetensors(workdir / "torch", specs, tensors, commands.parse_size("2GB"))
@@ -60,18 +65,26 @@ def stage(name: str, workdir: Path, layers: int, source: str = "safetensors") ->
         commands.from_torch(torch_path, workdir / "config.yaml", workdir / "ckpt", progress=False)
         result = {}
     else:
-        commands.to_torch(workdir / "ckpt", workdir / "torch_out", max_shard_size=commands.parse_size("2GB"),
-                          progress=False)
+        commands.to_torch(
+            workdir / "ckpt", workdir / "torch_out", max_shard_size=commands.parse_size("2GB"), progress=False
+        )
         result = {}
-    return {**result, "seconds": round(time.perf_counter() - t0, 1),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    return {
+        **result,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--source", choices=("safetensors", "pt"), default="safetensors",
-                        help="format of the reference checkpoint that from-torch reads")
+    parser.add_argument(
+        "--source",
+        choices=("safetensors", "pt"),
+        default="safetensors",
+        help="format of the reference checkpoint that from-torch reads",
+    )
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the written checkpoints")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
@@ -83,9 +96,22 @@ def main() -> None:
     results = {}
     try:
         for name in ("synthesize", "from_torch", "to_torch"):
-            out = subprocess.run([sys.executable, __file__, "--stage", name, "--workdir", str(workdir),
-                                  "--layers", str(args.layers), "--source", args.source],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--stage",
+                    name,
+                    "--workdir",
+                    str(workdir),
+                    "--layers",
+                    str(args.layers),
+                    "--source",
+                    args.source,
+                ],
+                capture_output=True,
+                text=True,
+            )
             if out.returncode:
                 sys.exit(f"stage {name} failed:\n{out.stderr[-4000:]}")
             results[name] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -93,13 +119,23 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     model_gb = results["synthesize"]["model_bytes"] / 2**30
-    print(json.dumps({
-        "bench": "convert", "source": args.source, "params": results["synthesize"]["params"],
-        "model_gb_fp32": round(model_gb, 2),
-        "from_torch_s": results["from_torch"]["seconds"], "from_torch_peak_rss_gb": results["from_torch"]["peak_rss_gb"],
-        "to_torch_s": results["to_torch"]["seconds"], "to_torch_peak_rss_gb": results["to_torch"]["peak_rss_gb"],
-        "peak_rss_over_model": round(max(results[s]["peak_rss_gb"] for s in ("from_torch", "to_torch")) / model_gb, 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "convert",
+                "source": args.source,
+                "params": results["synthesize"]["params"],
+                "model_gb_fp32": round(model_gb, 2),
+                "from_torch_s": results["from_torch"]["seconds"],
+                "from_torch_peak_rss_gb": results["from_torch"]["peak_rss_gb"],
+                "to_torch_s": results["to_torch"]["seconds"],
+                "to_torch_peak_rss_gb": results["to_torch"]["peak_rss_gb"],
+                "peak_rss_over_model": round(
+                    max(results[s]["peak_rss_gb"] for s in ("from_torch", "to_torch")) / model_gb, 2
+                ),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ On a shared machine wall-clock throughput follows the load; ``frames_per_cpu_s``
 per CPU second of this process and its workers) does not, and ``cpu_cores`` is the number
 of cores the run actually got.
 """
+
 import argparse
 import json
 import time
@@ -50,10 +51,17 @@ def main():  # Grain workers re-import __main__: nothing may run at import time
     p.add_argument("--batches", type=int, default=40)
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
-    cfg = load_config(a.config, [f"data.row_frames={a.row_frames}", f"data.batch_rows={a.batch_rows}",
-                                 f"data.workers={a.workers}", f"data.max_pieces_per_row={a.pieces}",
-                                 f"data.mel_frames_per_row={a.mel_frames}",
-                                 *a.overrides])
+    cfg = load_config(
+        a.config,
+        [
+            f"data.row_frames={a.row_frames}",
+            f"data.batch_rows={a.batch_rows}",
+            f"data.workers={a.workers}",
+            f"data.max_pieces_per_row={a.pieces}",
+            f"data.mel_frames_per_row={a.mel_frames}",
+            *a.overrides,
+        ],
+    )
     ensure_demo_prepared(cfg)
     pipe = build_pipeline(cfg.data, Vocab.from_config(cfg.model), output_lengths, 128)
     it = iter(pipe)
@@ -67,12 +75,25 @@ def main():  # Grain workers re-import __main__: nothing may run at import time
         efficiency.append(packing_efficiency(b))
     dt = time.perf_counter() - t0
     cpu = cpu_seconds() - cpu0
-    print(json.dumps({"what": "data_pipeline", "row_frames": a.row_frames, "batch_rows": a.batch_rows,
-                      "workers": a.workers, "pieces": a.pieces, "mel_frames": a.mel_frames, "batches": a.batches, "frames_per_s": round(frames / dt, 1),
-                      "nonpad_frames_per_s": round(frames * float(np.mean(efficiency)) / dt, 1),
-                      "packing_efficiency": round(float(np.mean(efficiency)), 4), "records": pipe.report["kept"],
-                      "frames_per_cpu_s": round(frames / cpu, 1) if cpu else None,
-                      "cpu_cores": round(cpu / dt, 2) if cpu else None}))
+    print(
+        json.dumps(
+            {
+                "what": "data_pipeline",
+                "row_frames": a.row_frames,
+                "batch_rows": a.batch_rows,
+                "workers": a.workers,
+                "pieces": a.pieces,
+                "mel_frames": a.mel_frames,
+                "batches": a.batches,
+                "frames_per_s": round(frames / dt, 1),
+                "nonpad_frames_per_s": round(frames * float(np.mean(efficiency)) / dt, 1),
+                "packing_efficiency": round(float(np.mean(efficiency)), 4),
+                "records": pipe.report["kept"],
+                "frames_per_cpu_s": round(frames / cpu, 1) if cpu else None,
+                "cpu_cores": round(cpu / dt, 2) if cpu else None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ included); compile time is reported apart.
     python bench/generate.py                                              # tiny, CPU
     python bench/generate.py --config configs/8b.yaml --layers 4 --frames 256   # 8B width, GPU
 """
+
 import argparse
 import dataclasses
 import json
@@ -33,7 +34,7 @@ def synthetic_prompts(vocab: Vocab, rows: int, text_tokens: int, seed: int) -> P
     rng = np.random.default_rng(seed)
     ids = np.zeros((rows, text_tokens + 5, vocab.num_streams), np.int32)
     ids[:, :3, 0] = (BOS, USER, TEXT)
-    ids[:, 3:3 + text_tokens, 0] = vocab.text_ids(rng.integers(0, vocab.text_size, (rows, text_tokens)))
+    ids[:, 3 : 3 + text_tokens, 0] = vocab.text_ids(rng.integers(0, vocab.text_size, (rows, text_tokens)))
     ids[:, -2:, 0] = (EOS, ASSISTANT)
     return Prompts(jnp.asarray(ids), jnp.zeros((rows,), jnp.int32))
 
@@ -77,13 +78,33 @@ def main(argv=None):
             if decoded != batch * answer_frames:
                 raise RuntimeError(f"decoded {decoded} frames, expected {batch * answer_frames}")
             best = min(times)
-            results.append({"batch": batch, "frames_per_s": round(decoded / best, 1),
-                            "step_ms": round(1e3 * best / answer_frames, 3), "decode_s": round(best, 3),
-                            "compile_s": round(compile_s, 1)})
-    print(json.dumps({"config": args.config, "layers": cfg.model.layers, "hidden": cfg.model.hidden,
-                      "dtype": cfg.runtime.dtype, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-                      "cfg": scale is not None, "prompt_frames": prompt_frames, "answer_frames": answer_frames,
-                      "slots": slots, "results": results}), flush=True)
+            results.append(
+                {
+                    "batch": batch,
+                    "frames_per_s": round(decoded / best, 1),
+                    "step_ms": round(1e3 * best / answer_frames, 3),
+                    "decode_s": round(best, 3),
+                    "compile_s": round(compile_s, 1),
+                }
+            )
+    print(
+        json.dumps(
+            {
+                "config": args.config,
+                "layers": cfg.model.layers,
+                "hidden": cfg.model.hidden,
+                "dtype": cfg.runtime.dtype,
+                "device": jax.devices()[0].device_kind,
+                "devices": jax.device_count(),
+                "cfg": scale is not None,
+                "prompt_frames": prompt_frames,
+                "answer_frames": answer_frames,
+                "slots": slots,
+                "results": results,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

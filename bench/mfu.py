@@ -6,6 +6,7 @@ device as on H100/H200 bf16); one JSON line.
     python bench/mfu.py --rows 2 runtime.attention=cudnn         # any train_step.py option
     python bench/mfu.py --config configs/tiny.yaml --layers 0 --seq 256 --rows 8 --peak 1e12   # CPU
 """
+
 from train_step import main
 
 if __name__ == "__main__":

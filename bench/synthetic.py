@@ -1,4 +1,5 @@
 """Synthetic packed batches with the real structure, for benchmarks."""
+
 from __future__ import annotations
 
 import numpy as np

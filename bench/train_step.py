@@ -12,6 +12,7 @@ attention and the heads included) x frames/s / (peak per device x devices).
     python bench/train_step.py --config configs/tiny.yaml --seq 256 --rows 8 --peak 1e12    # CPU
     python bench/train_step.py --config configs/8b.yaml --layers 8 --seq 4096 --rows 1 runtime.attention=cudnn  # GPU
 """
+
 import argparse
 import json
 import time
@@ -53,9 +54,12 @@ def host_batch(cfg, example: Batch) -> Batch:
 
 def measure(args) -> dict:
     devices = jax.device_count()
-    overrides = [f"model.layers={args.layers}"] * bool(args.layers) + [
-        f"data.row_frames={args.seq}"] * bool(args.seq) + [
-        f"data.batch_rows={args.rows * devices}"] * bool(args.rows) + list(args.overrides)
+    overrides = (
+        [f"model.layers={args.layers}"] * bool(args.layers)
+        + [f"data.row_frames={args.seq}"] * bool(args.seq)
+        + [f"data.batch_rows={args.rows * devices}"] * bool(args.rows)
+        + list(args.overrides)
+    )
     cfg = load_config(args.config, overrides)
     if cfg.data.row_frames > cfg.runtime.max_frames:
         cfg = load_config(args.config, [*overrides, f"runtime.max_frames={cfg.data.row_frames}"])
@@ -63,8 +67,9 @@ def measure(args) -> dict:
     mesh = make_mesh(cfg.mesh)
     program = build_program(cfg, mesh)
     rows = cfg.data.batch_rows
-    state = init_state(init_model(cfg.model, cfg.runtime, mesh, cfg.mesh.rules, cfg.seed)[1], program.tx,
-                       program.state_shardings)
+    state = init_state(
+        init_model(cfg.model, cfg.runtime, mesh, cfg.mesh.rules, cfg.seed)[1], program.tx, program.state_shardings
+    )
     batch = jax.device_put(host_batch(cfg, program.example), program.batch_shardings)
     compiled, compile_s = program.compile()
     with jax.set_mesh(mesh):
@@ -80,14 +85,28 @@ def measure(args) -> dict:
     stats = jax.devices()[0].memory_stats() or {}
     m, r = cfg.model, cfg.runtime
     return {
-        "what": "bagpiper_train_step", "device": jax.devices()[0].device_kind, "devices": devices,
-        "mesh": dict(mesh.shape), "layers": m.layers, "hidden": m.hidden, "seq": cfg.data.row_frames,
-        "rows_per_device": rows / devices, "grad_accum": cfg.train.grad_accum, "remat": r.remat,
-        "attention": r.attention, "dtype": r.dtype, "loss_chunk": r.loss_chunk, "compile_s": round(compile_s, 1),
-        "compiled_memory_gib": compiled_memory_gib(compiled), "step_s": round(step_s, 4),
-        "frames_per_s": round(frames / step_s, 1), "mfu": round(flops / step_s / (peak * devices), 4),
-        "peak_flops_per_device": peak, "peak_memory_gib": round(stats.get("peak_bytes_in_use", 0) / 2**30, 2),
-        "loss": float(metrics["loss"])}
+        "what": "bagpiper_train_step",
+        "device": jax.devices()[0].device_kind,
+        "devices": devices,
+        "mesh": dict(mesh.shape),
+        "layers": m.layers,
+        "hidden": m.hidden,
+        "seq": cfg.data.row_frames,
+        "rows_per_device": rows / devices,
+        "grad_accum": cfg.train.grad_accum,
+        "remat": r.remat,
+        "attention": r.attention,
+        "dtype": r.dtype,
+        "loss_chunk": r.loss_chunk,
+        "compile_s": round(compile_s, 1),
+        "compiled_memory_gib": compiled_memory_gib(compiled),
+        "step_s": round(step_s, 4),
+        "frames_per_s": round(frames / step_s, 1),
+        "mfu": round(flops / step_s / (peak * devices), 4),
+        "peak_flops_per_device": peak,
+        "peak_memory_gib": round(stats.get("peak_bytes_in_use", 0) / 2**30, 2),
+        "loss": float(metrics["loss"]),
+    }
 
 
 def main(argv=None, **defaults):

@@ -1,11 +1,19 @@
 """Shared helpers for the audio encoder tests: a tiny random HF tower and feature batches."""
+
 from __future__ import annotations
 
 import numpy as np
 
 # Tiny tower: 100-frame chunks as at full size, attention windows of 26 tokens (2 chunks).
-TINY = dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
-            downsample_hidden_size=8, output_dim=16, n_window_infer=200)
+TINY = dict(
+    d_model=32,
+    encoder_layers=2,
+    encoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    downsample_hidden_size=8,
+    output_dim=16,
+    n_window_infer=200,
+)
 
 
 def tiny_hf_encoder(seed: int = 0):

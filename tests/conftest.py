@@ -1,4 +1,5 @@
 """Test setup: 8 simulated CPU devices (set before jax is imported) and fp32 matmuls."""
+
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -20,6 +21,7 @@ def demo_root(tmp_path_factory):
     from helpers import demo_config
 
     from bagpiper_jax.data.demo import ensure_demo_prepared
+
     root = tmp_path_factory.mktemp("demo")
     ensure_demo_prepared(demo_config(root), examples=64, heldout=8)
     return root

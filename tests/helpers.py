@@ -1,4 +1,5 @@
 """Shared test fixtures: tiny configs, batches and a tiny HF Qwen3 checkpoint."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,16 +50,19 @@ def example_frames(vocab: Vocab, rng: np.random.Generator, n_text: int, n_codes:
     frame(ASSISTANT, 1.0), frame(AUDIO, 1.0)
     codes = rng.integers(0, vocab.codebook_size, (n_codes, s))
     for t in range(n_codes + s - 1):
-        row = np.array([vocab.audio_ids(codes[t - n, n], n) if 0 <= t - n < n_codes else vocab.audio_pad(n)
-                        for n in range(s)], np.int32)
+        row = np.array(
+            [vocab.audio_ids(codes[t - n, n], n) if 0 <= t - n < n_codes else vocab.audio_pad(n) for n in range(s)],
+            np.int32,
+        )
         ids.append(row)
         mask.append(np.full(s, 0.125, np.float32))
     frame(EOS, 1.0)
     return np.stack(ids), np.stack(mask), np.array(cont, np.int32)
 
 
-def packed_batch(vocab: Vocab, continuous_dim: int, rows: int = 2, frames: int = 96,
-                 seed: int = 0) -> tuple[Batch, Continuous]:
+def packed_batch(
+    vocab: Vocab, continuous_dim: int, rows: int = 2, frames: int = 96, seed: int = 0
+) -> tuple[Batch, Continuous]:
     """Rows of two packed examples each plus padding, and continuous features for them."""
     rng = np.random.default_rng(seed)
     s = vocab.num_streams
@@ -70,18 +74,20 @@ def packed_batch(vocab: Vocab, continuous_dim: int, rows: int = 2, frames: int =
     for r in range(rows):
         start, n_cont = 0, 0
         for segment in (1, 2):
-            e_ids, e_mask, e_cont = example_frames(vocab, rng, n_text=5 + 3 * r, n_codes=6 + segment,
-                                                   n_cont=3 + segment)
+            e_ids, e_mask, e_cont = example_frames(
+                vocab, rng, n_text=5 + 3 * r, n_codes=6 + segment, n_cont=3 + segment
+            )
             n = len(e_ids)
-            ids[r, start:start + n], mask[r, start:start + n] = e_ids, e_mask
-            seg[r, start:start + n], pos[r, start:start + n] = segment, np.arange(n)
-            cont_frames[r, n_cont:n_cont + len(e_cont)] = e_cont + start
+            ids[r, start : start + n], mask[r, start : start + n] = e_ids, e_mask
+            seg[r, start : start + n], pos[r, start : start + n] = segment, np.arange(n)
+            cont_frames[r, n_cont : n_cont + len(e_cont)] = e_cont + start
             start, n_cont = start + n, n_cont + len(e_cont)
         assert start < frames
     mask[0, 10, 0] = 1.0  # a trained stream-0 pad target: must be ignored
     features = rng.normal(size=(rows, 12, continuous_dim)).astype(np.float32)
-    batch = Batch(ids=jnp.asarray(ids), segment_ids=jnp.asarray(seg), positions=jnp.asarray(pos),
-                  loss_mask=jnp.asarray(mask))
+    batch = Batch(
+        ids=jnp.asarray(ids), segment_ids=jnp.asarray(seg), positions=jnp.asarray(pos), loss_mask=jnp.asarray(mask)
+    )
     return batch, Continuous(jnp.asarray(features), jnp.asarray(cont_frames))
 
 
@@ -90,10 +96,17 @@ DEMO = REPO / "configs" / "demo.yaml"
 
 def demo_overrides(root: Path) -> list[str]:
     """Overrides of configs/demo.yaml putting every path under ``root`` (a small demo there)."""
-    return [f"data.prepared={root}/demo/prepared", f"data.eval_prepared={root}/demo/heldout",
-            f"assets.tokenizer={root}/demo/tokenizer.json", f"assets.codec={root}/demo/codec",
-            f"assets.audio_encoder={root}/demo/encoder", f"run_dir={root}/run",
-            "data.row_frames=256", "runtime.max_frames=256", "data.examples_per_shard=16"]
+    return [
+        f"data.prepared={root}/demo/prepared",
+        f"data.eval_prepared={root}/demo/heldout",
+        f"assets.tokenizer={root}/demo/tokenizer.json",
+        f"assets.codec={root}/demo/codec",
+        f"assets.audio_encoder={root}/demo/encoder",
+        f"run_dir={root}/run",
+        "data.row_frames=256",
+        "runtime.max_frames=256",
+        "data.examples_per_shard=16",
+    ]
 
 
 def demo_config(root: Path, *overrides: str):

@@ -3,6 +3,9 @@
 The Pallas kernels (Splash for TPU, flash attention for GPU) run in the Pallas interpreter
 on CPU, sharded over the 8 simulated devices like in the train step.
 """
+
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +39,7 @@ def packed_inputs(batch=4, frames=256, heads=4, kv_heads=2, head_dim=32, seed=1)
     bounds = [(0, 100, 170, 250), (0, 256), (0, 7, 129, 130, 200), (0, 60)]
     seg = np.zeros((batch, frames), np.int32)
     for b, cuts in enumerate(bounds[:batch]):
-        for i, (start, stop) in enumerate(zip(cuts, cuts[1:])):
+        for i, (start, stop) in enumerate(itertools.pairwise(cuts)):
             seg[b, start:stop] = i + 1
     return q, k, v, jnp.asarray(seg)
 
@@ -76,12 +79,24 @@ def test_gpu_kernels_off_gpu_are_a_clear_error(name):
 
 def test_get_kernel_takes_tiles_and_rules_from_config():
     rules = MeshConfig().rules
-    kernel = get_kernel(RuntimeConfig(attention="splash", splash_block_q=256, splash_block_kv=1024,
-                                    splash_block_kv_compute=256, splash_fused_bwd=True), rules)
+    kernel = get_kernel(
+        RuntimeConfig(
+            attention="splash",
+            splash_block_q=256,
+            splash_block_kv=1024,
+            splash_block_kv_compute=256,
+            splash_fused_bwd=True,
+        ),
+        rules,
+    )
     assert kernel == SplashAttention(256, 1024, 256, True, rules)
     blocks = kernel.block_sizes(512)  # tiles clamp to short rows
-    assert (blocks.block_q, blocks.block_kv, blocks.block_kv_compute, blocks.use_fused_bwd_kernel) == (256, 512, 256,
-                                                                                                       True)
+    assert (blocks.block_q, blocks.block_kv, blocks.block_kv_compute, blocks.use_fused_bwd_kernel) == (
+        256,
+        512,
+        256,
+        True,
+    )
     with pytest.raises(ValueError, match="384 frames per row are not a multiple of the 256-frame tile"):
         kernel.block_sizes(384)
     with pytest.raises(ConfigError, match="splash_block_q must be a multiple of 128"):
@@ -90,18 +105,21 @@ def test_get_kernel_takes_tiles_and_rules_from_config():
 
 def _loss_and_grads(kernel, q, k, v, seg, weight):
     """Weighted sum of the outputs at non-padding frames, and its gradients w.r.t. q, k, v."""
+
     def loss(q, k, v):
         return jnp.sum(kernel(q, k, v, seg) * weight * (seg > 0)[:, :, None, None])
+
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
 
 
 INTERPRETED = {
-    "splash": SplashAttention(block_q=128, block_kv=128, block_kv_compute=128, rules=MeshConfig().rules,
-                              interpret=True),
-    "splash_fused_bwd": SplashAttention(block_q=128, block_kv=128, block_kv_compute=128, fused_bwd=True,
-                                        rules=MeshConfig().rules, interpret=True),
-    "pallas_gpu": PallasGpuAttention(block_q=64, block_kv=64, block_bwd=64, rules=MeshConfig().rules,
-                                     interpret=True),
+    "splash": SplashAttention(
+        block_q=128, block_kv=128, block_kv_compute=128, rules=MeshConfig().rules, interpret=True
+    ),
+    "splash_fused_bwd": SplashAttention(
+        block_q=128, block_kv=128, block_kv_compute=128, fused_bwd=True, rules=MeshConfig().rules, interpret=True
+    ),
+    "pallas_gpu": PallasGpuAttention(block_q=64, block_kv=64, block_bwd=64, rules=MeshConfig().rules, interpret=True),
 }
 
 
@@ -129,22 +147,32 @@ def test_pallas_kernel_matches_xla_forward_and_gradients_sharded(name):
 
 def test_rows_that_do_not_split_over_the_mesh_are_a_clear_error():
     q, k, v, seg = packed_inputs(batch=2)
-    with jax.set_mesh(make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))):
-        with pytest.raises(ValueError, match=r"splits rows over mesh axes \('data', 'fsdp'\) \(4 shards\), but "
-                                             r"there are 2"):
-            jax.jit(INTERPRETED["splash"])(q, k, v, seg)
+    with (
+        jax.set_mesh(make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))),
+        pytest.raises(
+            ValueError,
+            match=r"splits rows over mesh axes \('data', 'fsdp'\) \(4 shards\), but "
+            r"there are 2",
+        ),
+    ):
+        jax.jit(INTERPRETED["splash"])(q, k, v, seg)
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="GPU kernels need a GPU")
 @pytest.mark.parametrize("name", ["cudnn", "pallas_gpu"])
 def test_gpu_kernel_matches_xla_forward_and_gradients(name):
-    q, k, v, seg = (x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x
-                    for x in packed_inputs(frames=512, head_dim=64))
+    q, k, v, seg = (
+        x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x for x in packed_inputs(frames=512, head_dim=64)
+    )
     weight = (seg > 0)[:, :, None, None]
 
     def loss(kernel):
-        return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(kernel(q, k, v, seg).astype(jnp.float32) ** 2
-                                                                    * weight), argnums=(0, 1, 2)))(q, k, v)
+        return jax.jit(
+            jax.value_and_grad(
+                lambda q, k, v: jnp.sum(kernel(q, k, v, seg).astype(jnp.float32) ** 2 * weight), argnums=(0, 1, 2)
+            )
+        )(q, k, v)
+
     (l1, g1), (l2, g2) = loss(xla_attention), loss(get_kernel(RuntimeConfig(attention=name), MeshConfig().rules))
     np.testing.assert_allclose(float(l2), float(l1), rtol=1e-2)
     for a, b in zip(g1, g2):

@@ -1,4 +1,5 @@
 """Log-mel features vs HF WhisperFeatureExtractor(feature_size=128), padding and truncation."""
+
 import numpy as np
 import pytest
 
@@ -26,42 +27,51 @@ def _clips(seed=3):
 def _batch(clips):
     batch = np.zeros((len(clips), max(len(c) for c in clips)), np.float32)
     for i, c in enumerate(clips):
-        batch[i, :len(c)] = c
+        batch[i, : len(c)] = c
     return batch, np.array([len(c) for c in clips], np.int32)
 
 
 @pytest.mark.parametrize("normalize", [False, True])
 def test_log_mel_matches_whisper_feature_extractor(normalize):
     from transformers import WhisperFeatureExtractor
+
     extractor = WhisperFeatureExtractor(feature_size=128)
     clips = _clips()
     features, frame_lengths = log_mel(*_batch(clips), normalize=normalize)
     features = np.asarray(features)
     np.testing.assert_array_equal(frame_lengths, [n // 160 for n in LENGTHS])
     for i, clip in enumerate(clips):
-        expected = extractor(clip, sampling_rate=16_000, padding="longest", truncation=False,
-                             do_normalize=normalize, return_tensors="np")["input_features"][0].T
+        expected = extractor(
+            clip, sampling_rate=16_000, padding="longest", truncation=False, do_normalize=normalize, return_tensors="np"
+        )["input_features"][0].T
         assert expected.shape == (LENGTHS[i] // 160, 128)
-        np.testing.assert_allclose(features[i, :frame_lengths[i]], expected, rtol=0, atol=1e-5)
-        assert not features[i, frame_lengths[i]:].any(), "padded frames must be zero"
+        np.testing.assert_allclose(features[i, : frame_lengths[i]], expected, rtol=0, atol=1e-5)
+        assert not features[i, frame_lengths[i] :].any(), "padded frames must be zero"
 
 
 @pytest.mark.filterwarnings("ignore:n_fft=400 is too large")  # the 201-sample clip, still well defined
 @pytest.mark.parametrize("normalize", [False, True])
 def test_log_mel_matches_float64_librosa_reference(normalize):
     import librosa
+
     clips = _clips()
     features, frame_lengths = log_mel(*_batch(clips), normalize=normalize)
     for i, clip in enumerate(clips):
         wav = clip.astype(np.float64)
         if normalize:
             wav = (wav - wav.mean()) / np.sqrt(wav.var() + 1e-7)
-        power = np.abs(librosa.stft(wav, n_fft=400, hop_length=160, window="hann", center=True,
-                                    pad_mode="reflect", dtype=np.complex128)[:, :-1]) ** 2
+        power = (
+            np.abs(
+                librosa.stft(
+                    wav, n_fft=400, hop_length=160, window="hann", center=True, pad_mode="reflect", dtype=np.complex128
+                )[:, :-1]
+            )
+            ** 2
+        )
         mel = librosa.filters.mel(sr=16_000, n_fft=400, n_mels=128, norm="slaney", dtype=np.float64) @ power
         log_spec = np.log10(np.maximum(mel, 1e-10))
         expected = (np.maximum(log_spec, log_spec.max() - 8) + 4) / 4
-        np.testing.assert_allclose(features[i, :frame_lengths[i]], expected.T, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(features[i, : frame_lengths[i]], expected.T, rtol=0, atol=1e-5)
 
 
 def test_normalisation_uses_each_clips_own_samples():

@@ -1,4 +1,5 @@
 """HF audio tower import/export: bit-exact round trips, full Qwen3-Omni directories, errors."""
+
 import json
 
 import jax
@@ -34,8 +35,11 @@ def _bits(array: np.ndarray) -> np.ndarray:
 
 def _torch_state(model) -> dict:
     import torch
-    return {k: (v.view(torch.int16).numpy().view(ml_dtypes.bfloat16) if v.dtype == torch.bfloat16 else v.numpy())
-            for k, v in model.state_dict().items()}
+
+    return {
+        k: (v.view(torch.int16).numpy().view(ml_dtypes.bfloat16) if v.dtype == torch.bfloat16 else v.numpy())
+        for k, v in model.state_dict().items()
+    }
 
 
 def test_config_from_bare_and_full_configs(hf_dir, tmp_path):
@@ -76,19 +80,26 @@ def test_export_is_bit_exact_and_loads_in_hf(tmp_path, dtype):
 def _write_full_checkpoint(hf_model, directory, prefix):
     """A sharded Qwen3-Omni-style directory: the tower under ``prefix`` next to other weights."""
     from safetensors.numpy import save_file
+
     directory.mkdir()
     audio = {prefix + k: v for k, v in _torch_state(hf_model).items()}
-    others = {"thinker.model.layers.0.mlp.gate.weight": np.ones((64, 32), np.float32),
-              "talker.model.embed_tokens.weight": np.ones((8, 4), np.float32)}
+    others = {
+        "thinker.model.layers.0.mlp.gate.weight": np.ones((64, 32), np.float32),
+        "talker.model.embed_tokens.weight": np.ones((8, 4), np.float32),
+    }
     names = sorted(audio)
-    shards = {"model-00001-of-00002.safetensors": {**{k: audio[k] for k in names[:5]}, **others},
-              "model-00002-of-00002.safetensors": {k: audio[k] for k in names[5:]}}
+    shards = {
+        "model-00001-of-00002.safetensors": {**{k: audio[k] for k in names[:5]}, **others},
+        "model-00002-of-00002.safetensors": {k: audio[k] for k in names[5:]},
+    }
     for file, tensors in shards.items():
         save_file(tensors, str(directory / file))
     index = {"weight_map": {k: f for f, tensors in shards.items() for k in tensors}}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index))
-    config = {"model_type": "qwen3_omni_moe", "thinker_config": {"audio_config": dict(TINY),
-                                                                  "text_config": {"hidden_size": 32}}}
+    config = {
+        "model_type": "qwen3_omni_moe",
+        "thinker_config": {"audio_config": dict(TINY), "text_config": {"hidden_size": 32}},
+    }
     (directory / "config.json").write_text(json.dumps(config))
 
 
@@ -97,8 +108,9 @@ def test_full_qwen3_omni_directory_reads_only_the_tower(hf_model, hf_dir, tmp_pa
     _write_full_checkpoint(hf_model, tmp_path / "omni", prefix)
     read = []
     original_get = TensorReader.get
-    monkeypatch.setattr(TensorReader, "get", lambda self, name, shape=None: (read.append(name),
-                                                                               original_get(self, name, shape))[1])
+    monkeypatch.setattr(
+        TensorReader, "get", lambda self, name, shape=None: (read.append(name), original_get(self, name, shape))[1]
+    )
     config, params = import_hf(tmp_path / "omni")
     assert not any(name.startswith(("thinker.model.layers", "talker")) for name in read)
     assert config == AudioEncoderConfig(**TINY)
@@ -121,6 +133,7 @@ def test_convert_cli_writes_a_loadable_params_dir(hf_model, hf_dir, tmp_path, ca
 
 def test_mismatched_checkpoints_are_named(hf_model, tmp_path):
     from safetensors.numpy import save_file
+
     state = _torch_state(hf_model)
     config = json.dumps({"model_type": "qwen3_omni_moe_audio_encoder", **TINY})
 

@@ -1,4 +1,5 @@
 """Audio tower vs a tiny random HF Qwen3OmniMoeAudioEncoder, lengths, sizes, sharding, bf16."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,8 +59,8 @@ def test_output_does_not_depend_on_padding_or_batch_mates(tower):
     padded[0], padded[0, :800] = 5.0, features[2]  # garbage past the clip must not matter
     padded[1, :800] = features[1]
     large, _ = run_tower(tower, padded, np.array([777, 37]))
-    np.testing.assert_allclose(large[0, :small.shape[1]], small[2], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(large[1, :small.shape[1]], small[1], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(large[0, : small.shape[1]], small[2], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(large[1, : small.shape[1]], small[1], rtol=0, atol=1e-6)
 
 
 def test_clip_equals_its_windows_encoded_separately(tower):
@@ -71,20 +72,21 @@ def test_clip_equals_its_windows_encoded_separately(tower):
     starts = list(range(0, frames, window))
     rows = np.zeros((len(starts), window, 128), np.float32)
     for row, start in enumerate(starts):
-        piece = features[0, start:start + window]
-        rows[row, :len(piece)] = piece
+        piece = features[0, start : start + window]
+        rows[row, : len(piece)] = piece
     row_lengths = np.minimum(frames - np.array(starts), window)
     parts, part_lengths = run_tower(tower, rows, row_lengths, np.full(len(starts), frames))
     joined = np.concatenate([parts[i, :n] for i, n in enumerate(part_lengths)])
     assert len(joined) == token_lengths[0]
-    np.testing.assert_allclose(joined, whole[0, :token_lengths[0]], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(joined, whole[0, : token_lengths[0]], rtol=0, atol=1e-5)
     alone, _ = run_tower(tower, rows[-1:], row_lengths[-1:])  # as a 30-frame clip of its own
-    assert not np.allclose(alone[0, :part_lengths[-1]], parts[-1, :part_lengths[-1]], atol=1e-3)
+    assert not np.allclose(alone[0, : part_lengths[-1]], parts[-1, : part_lengths[-1]], atol=1e-3)
 
 
 def test_output_lengths_match_hf_formula():
     import torch
     from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
+
     frames = [1, 50, 99, 100, 101, 1000, 3000]
     expected = _get_feat_extract_output_lengths(torch.tensor(frames)).tolist()
     assert [output_lengths(n) for n in frames] == expected
@@ -148,7 +150,7 @@ def test_encode_is_frozen(tower):
 
     def loss(t):
         outputs, _ = encode(t, features, lengths)
-        return jnp.sum(outputs ** 2)
+        return jnp.sum(outputs**2)
 
     grads = nnx.jit(nnx.grad(loss))(tower)
     assert all(not np.asarray(g).any() for g in jax.tree.leaves(grads))

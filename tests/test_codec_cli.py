@@ -1,4 +1,5 @@
 """``bagpiper-codec encode/decode`` on files, and its errors for bad inputs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,22 @@ def test_encode_decode_files(codec_dir, tmp_path):
     rng = np.random.default_rng(0)
     stereo = (0.1 * rng.standard_normal((5512, 2))).astype(np.float32)  # 0.25 s at 22.05 kHz
     sf.write(str(tmp_path / "in.wav"), stereo, 22050, subtype="FLOAT")
-    assert main(["encode", "--codec", str(codec_dir), "--bandwidth", "2", "--channel", "1",
-                 str(tmp_path / "in.wav"), str(tmp_path / "codes.npy")]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--codec",
+                str(codec_dir),
+                "--bandwidth",
+                "2",
+                "--channel",
+                "1",
+                str(tmp_path / "in.wav"),
+                str(tmp_path / "codes.npy"),
+            ]
+        )
+        == 0
+    )
     codes = np.load(tmp_path / "codes.npy")
     assert codes.dtype == np.int32 and codes.shape == (13, 4)  # 4000 samples at 16 kHz (HF: 13 frames), 2 kbps
     assert codes.min() >= 0 and codes.max() < 1024

@@ -2,6 +2,7 @@
 
 ``make_tiny_hf`` is shared by the other codec tests.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,10 +13,21 @@ transformers = pytest.importorskip("transformers")
 
 TINY_HF = dict(
     codebook_size=1024,
-    acoustic_model_config=dict(encoder_hidden_size=4, decoder_hidden_size=32, hidden_size=8,
-                               downsampling_ratios=[8, 5, 4, 2], upsampling_ratios=[8, 5, 4, 2]),
-    semantic_model_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                               conv_dim=[16] * 7, num_conv_pos_embedding_groups=16),
+    acoustic_model_config=dict(
+        encoder_hidden_size=4,
+        decoder_hidden_size=32,
+        hidden_size=8,
+        downsampling_ratios=[8, 5, 4, 2],
+        upsampling_ratios=[8, 5, 4, 2],
+    ),
+    semantic_model_config=dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=[16] * 7,
+        num_conv_pos_embedding_groups=16,
+    ),
 )
 
 
@@ -36,7 +48,7 @@ def make_tiny_hf(directory, seed: int = 0):
         latent = model.fc(torch.cat([model.acoustic_encoder(wav), sem], 1).transpose(1, 2))
         scale = float(latent.std())
         for i, q in enumerate(model.quantizer.quantizers):
-            q.codebook.embed.copy_(torch.randn_like(q.codebook.embed) * scale * 0.6 ** i)
+            q.codebook.embed.copy_(torch.randn_like(q.codebook.embed) * scale * 0.6**i)
             q.codebook.embed_avg.copy_(torch.randn_like(q.codebook.embed_avg))
             q.codebook.cluster_size.copy_(torch.rand_like(q.codebook.cluster_size))
     model.save_pretrained(str(directory))
@@ -81,8 +93,11 @@ def _hf_distances(hf, wav):
     with torch.no_grad():
         x = torch.from_numpy(wav)[None, None]
         sem = hf.encoder_semantic(hf._extract_semantic_features(x).transpose(1, 2))
-        ac = x if hf._get_conv1d_output_lengths(x.shape[2], hf.acoustic_encoder) == sem.shape[2] \
+        ac = (
+            x
+            if hf._get_conv1d_output_lengths(x.shape[2], hf.acoustic_encoder) == sem.shape[2]
             else torch.nn.functional.pad(x, (hf.pad, hf.pad))
+        )
         residual = hf.fc(torch.cat([hf.acoustic_encoder(ac), sem], 1).transpose(1, 2))[0]
         out = []
         for q in hf.quantizer.quantizers:
@@ -139,6 +154,7 @@ def test_decode_matches_hf(tiny):
 def test_hubert_hidden_state_mean_matches_hf(tiny):
     import jax
     import jax.numpy as jnp
+
     hf, model, clips, _ = tiny
     wav = np.stack([np.pad(c, (0, 3520 - len(c))) for c in clips])
     lengths = jnp.asarray([len(c) + 320 for c in clips])
@@ -147,11 +163,12 @@ def test_hubert_hidden_state_mean_matches_hf(tiny):
         with torch.no_grad():
             ref = hf._extract_semantic_features(torch.from_numpy(c)[None, None])[0].numpy()
         assert int(frames[b]) == len(ref)
-        np.testing.assert_allclose(np.asarray(mean[b, :len(ref)]), ref, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(mean[b, : len(ref)]), ref, rtol=0, atol=1e-5)
 
 
 def test_semantic_decoder_matches_hf(tiny):
     import jax.numpy as jnp
+
     hf, model, clips, _ = tiny
     codes = _hf_codes(hf, clips[0])
     ours = model.decode_semantic(jnp.asarray(codes)[None], jnp.asarray([len(codes)]))[0]
@@ -164,6 +181,7 @@ def test_semantic_decoder_matches_hf(tiny):
 def test_clip_alone_equals_bucketed_batch(tiny):
     """The same codes for a clip encoded alone (batch of 1) and padded inside a sharded batch."""
     from bagpiper_jax.codec.tokenizer import XCodecTokenizer
+
     _, model, clips, tok = tiny
     alone = XCodecTokenizer(model, batch_size=1).encode([clips[1]])[0]
     np.testing.assert_array_equal(alone, tok.encode(clips)[1])

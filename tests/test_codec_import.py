@@ -1,5 +1,6 @@
 """HF XCodec import / export: bit-exact round trips, weight-norm forms, prefixes, errors,
 the full-size parameter count, and ``bagpiper-convert hf-xcodec``."""
+
 from __future__ import annotations
 
 import json
@@ -60,6 +61,7 @@ def test_legacy_weight_norm_and_prefix(hf_dir, tmp_path):
         for a, b in legacy.items():
             k = k.replace(a, b)
         return hf_import.PREFIX + k
+
     unrelated = {"model.embed_tokens.weight": np.zeros((4, 2), np.float32)}
     original = _rewrite(hf_dir, tmp_path / "bagpiper", rename, extra=unrelated)
     assert hf_import.PREFIX + POS + "weight_g" in original
@@ -90,6 +92,7 @@ def test_full_size_config_abstract_import():
     assert sum(p.numel() for p in hf.parameters()) == 160_698_625
     hf_shapes = {k: tuple(v.shape) for k, v in hf.state_dict().items()}
     from bagpiper_jax.codec.params import variable_names
+
     ours = {hf_import.hf_key(n): tuple(v.shape) for n, v in variable_names(model).items()}
     assert ours == hf_shapes
 
@@ -114,6 +117,7 @@ def test_bad_checkpoints_name_the_key(hf_dir, tmp_path):
 
 def test_bad_config_names_the_field(hf_dir, tmp_path):
     from bagpiper_jax.config import ConfigError
+
     d = json.loads((hf_dir / "config.json").read_text())
     d["semantic_model_config"]["feat_extract_norm"] = "layer"
     (tmp_path / "config.json").write_text(json.dumps(d))
@@ -128,6 +132,7 @@ def test_bad_config_names_the_field(hf_dir, tmp_path):
 
 def test_convert_cli_writes_loadable_params(hf_dir, tmp_path):
     from bagpiper_jax.cli.convert import main
+
     assert main(["hf-xcodec", "--hf", str(hf_dir), "--out", str(tmp_path / "codec")]) == 0
     model = load_codec(tmp_path / "codec")
     cfg, params = hf_import.import_hf_xcodec(hf_dir)

@@ -1,4 +1,5 @@
 """Delay interleave / de-interleave and codes <-> unified ids."""
+
 import numpy as np
 import pytest
 
@@ -15,8 +16,8 @@ def test_delay_interleave_layout_and_round_trip():
     x = il.delay_interleave(codes, pads)
     assert x.shape == (3 + 7, 8)
     for n in range(8):
-        assert (x[:n, n] == pads[n]).all() and (x[n + 3:, n] == pads[n]).all()
-        np.testing.assert_array_equal(x[n:n + 3, n], codes[:, n])
+        assert (x[:n, n] == pads[n]).all() and (x[n + 3 :, n] == pads[n]).all()
+        np.testing.assert_array_equal(x[n : n + 3, n], codes[:, n])
     np.testing.assert_array_equal(il.delay_deinterleave(x), codes)
     assert il.delay_deinterleave(il.delay_interleave(codes[:0], pads)).shape == (0, 8)
 

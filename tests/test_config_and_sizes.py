@@ -1,4 +1,5 @@
 """Config loading rules, the vocabulary layout, and the exact 8B parameter count."""
+
 import jax
 import pytest
 from helpers import REPO, TINY
@@ -51,21 +52,25 @@ def test_overrides_and_round_trip(tmp_path):
     cfg = load_config(TINY, ["model.layers=3", "mesh.fsdp=2", "model.rope_theta=5e5", "seed=7"])
     assert (cfg.model.layers, cfg.mesh.fsdp, cfg.model.rope_theta, cfg.seed) == (3, 2, 5e5, 7)
     import yaml
+
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     assert load_config(tmp_path / "c.yaml") == cfg
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.layerz=3", "unknown config key 'model.layerz'"),
-    ("trian.steps=3", "unknown config key 'trian'"),
-    ("model.layers=three", "model.layers must be int, got str"),
-    ("model.rms_eps=[1]", "model.rms_eps must be float"),
-    ("runtime.remat=some", "runtime.remat must be one of"),
-    ("model.heads=6", r"model.heads \(6\) must be a multiple of model.kv_heads \(4\)"),
-    ("mesh.rules=[[embed, fsdpp]]", "maps to unknown mesh axis 'fsdpp'"),
-    ("model", "must look like key.path=value"),
-    ("model.layers.x=1", "'layers' is not a section"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.layerz=3", "unknown config key 'model.layerz'"),
+        ("trian.steps=3", "unknown config key 'trian'"),
+        ("model.layers=three", "model.layers must be int, got str"),
+        ("model.rms_eps=[1]", "model.rms_eps must be float"),
+        ("runtime.remat=some", "runtime.remat must be one of"),
+        ("model.heads=6", r"model.heads \(6\) must be a multiple of model.kv_heads \(4\)"),
+        ("mesh.rules=[[embed, fsdpp]]", "maps to unknown mesh axis 'fsdpp'"),
+        ("model", "must look like key.path=value"),
+        ("model.layers.x=1", "'layers' is not a section"),
+    ],
+)
 def test_bad_config_is_named(override, message):
     overrides = [override] + (["model.kv_heads=4"] if "heads" in override else [])
     with pytest.raises(ConfigError, match=message):

@@ -1,6 +1,7 @@
 """Continuous audio in the model: pieces of clips packed in a batch (the layout of training
 batches and generation prompts) encode exactly like each clip whole, and land on the right
 frames."""
+
 import jax
 import numpy as np
 from flax import nnx
@@ -12,8 +13,15 @@ from bagpiper_jax.audio_encoder.tower import AudioTower
 from bagpiper_jax.config import MeshConfig
 from bagpiper_jax.sharding import make_mesh
 
-CONFIG = AudioEncoderConfig(d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32,
-                            downsample_hidden_size=4, output_dim=8, n_window_infer=200)
+CONFIG = AudioEncoderConfig(
+    d_model=16,
+    encoder_layers=2,
+    encoder_attention_heads=2,
+    encoder_ffn_dim=32,
+    downsample_hidden_size=4,
+    output_dim=8,
+    n_window_infer=200,
+)
 
 
 def frozen_tower():
@@ -23,15 +31,20 @@ def frozen_tower():
 
 def whole(tower, clip):
     out, length = tower(clip[None], np.array([len(clip)]))
-    return np.asarray(out[0, :int(length[0])])
+    return np.asarray(out[0, : int(length[0])])
 
 
 def test_pieces_equal_whole_clip_encoding():
     tower, frozen = frozen_tower()
     clip = np.random.default_rng(0).normal(size=(450, 128)).astype(np.float32)
     # Slot 0 empty, then the clip's three pieces (200, 200, 50 frames) back to back, tokens from frame 5.
-    pieces = MelPieces(np.zeros((1, 450, 128), np.float32), np.zeros((1, 4), np.int32), np.zeros((1, 4), np.int32),
-                       np.zeros((1, 4), np.int32), np.full((1, 4), -1, np.int32))
+    pieces = MelPieces(
+        np.zeros((1, 450, 128), np.float32),
+        np.zeros((1, 4), np.int32),
+        np.zeros((1, 4), np.int32),
+        np.zeros((1, 4), np.int32),
+        np.full((1, 4), -1, np.int32),
+    )
     pieces.mel[0] = clip
     for j, p in enumerate(range(0, 450, 200)):
         n = min(200, 450 - p)
@@ -60,8 +73,8 @@ def test_packed_clips_of_two_rows_equal_each_clip_whole():
     for (row, k), clip in zip(placement, clips):
         first_token = 3 + 40 * k
         for p in range(0, len(clip), 200):
-            piece = clip[p:p + 200]
-            mel[row, at[row]:at[row] + len(piece)] = piece
+            piece = clip[p : p + 200]
+            mel[row, at[row] : at[row] + len(piece)] = piece
             j = slot[row]
             fields[0][row, j], fields[1][row, j], fields[2][row, j] = at[row], len(piece), len(clip)
             start[row, j] = first_token + output_lengths(p)

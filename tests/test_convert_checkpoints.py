@@ -1,4 +1,5 @@
 """bagpiper-convert hf-qwen3 / to-torch / from-torch, model checkpoints, resharding, init_from."""
+
 import dataclasses
 import json
 import re
@@ -52,10 +53,15 @@ def setup(hf_dir, tmp_path_factory):  # noqa: F811
     encoder_cfg = tiny_encoder_config(cfg.model.continuous_dim, 100)
     save_tower_params(root / "encoder", encoder_cfg, jax.tree.map(draw, abstract_params(encoder_cfg)))
     (root / "cfg.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
-    assert main(["hf-qwen3", "--hf", str(hf_dir[0]), "--config", str(root / "cfg.yaml"), "--out",
-                 str(root / "ckpt")]) == 0
-    assert main(["to-torch", "--checkpoint", str(root / "ckpt"), "--out", str(root / "torch"),
-                 "--max-shard-size", "300KB"]) == 0
+    assert (
+        main(["hf-qwen3", "--hf", str(hf_dir[0]), "--config", str(root / "cfg.yaml"), "--out", str(root / "ckpt")]) == 0
+    )
+    assert (
+        main(
+            ["to-torch", "--checkpoint", str(root / "ckpt"), "--out", str(root / "torch"), "--max-shard-size", "300KB"]
+        )
+        == 0
+    )
     return root, cfg
 
 
@@ -103,16 +109,24 @@ def test_hf_qwen3_dims_from_hf_config_without_config(hf_dir, tmp_path):  # noqa:
     assert main(["hf-qwen3", "--hf", str(hf_dir[0]), "--out", str(tmp_path / "ckpt")]) == 0
     model = json.loads((tmp_path / "ckpt" / "config.json").read_text())["config"]["model"]
     tiny = tiny_config().model
-    assert (model["hidden"], model["layers"], model["heads"], model["kv_heads"], model["mlp"],
-            model["text_vocab_size"]) == (tiny.hidden, tiny.layers, tiny.heads, tiny.kv_heads, tiny.mlp,
-                                          tiny.text_vocab_size)
+    assert (
+        model["hidden"],
+        model["layers"],
+        model["heads"],
+        model["kv_heads"],
+        model["mlp"],
+        model["text_vocab_size"],
+    ) == (tiny.hidden, tiny.layers, tiny.heads, tiny.kv_heads, tiny.mlp, tiny.text_vocab_size)
     assert (model["num_special"], model["codebook_size"], model["continuous_dim"]) == (256, 1024, 2048)  # 8B
 
 
 def test_hf_qwen3_refuses_mismatched_config(hf_dir, tmp_path, capsys):  # noqa: F811
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(to_dict(tiny_config("model.mlp=96"))))
-    refused(capsys, ["hf-qwen3", "--hf", str(hf_dir[0]), "--config", str(tmp_path / "cfg.yaml"), "--out",
-                     str(tmp_path / "ckpt")], r"model.mlp=96 but .*config.json gives 128")
+    refused(
+        capsys,
+        ["hf-qwen3", "--hf", str(hf_dir[0]), "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "ckpt")],
+        r"model.mlp=96 but .*config.json gives 128",
+    )
 
 
 def test_to_torch_loads_into_qwen3_with_extended_vocab(setup, hf_dir):  # noqa: F811
@@ -126,20 +140,21 @@ def test_to_torch_loads_into_qwen3_with_extended_vocab(setup, hf_dir):  # noqa: 
     assert any(k.startswith(CODEC) for k in state) and any(k.startswith(TOWER) for k in state)
     config = hf_dir[1].config.to_dict() | {"vocab_size": vocab.size}
     model = Qwen3ForCausalLM(type(hf_dir[1].config).from_dict(config)).eval()
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()
-                           if k.startswith(("model.", "lm_head."))}, strict=True)
+    model.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in state.items() if k.startswith(("model.", "lm_head."))}, strict=True
+    )
     a = tokens(cfg, seed=1)
     with torch.no_grad():
         theirs = model(torch.tensor([vocab.text_ids(a)])).logits[0].numpy()
     ours = logits_of(root / "ckpt", cfg, a)
-    np.testing.assert_allclose(ours, theirs[:, vocab.text_offset:vocab.text_offset + vocab.text_size],
-                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        ours, theirs[:, vocab.text_offset : vocab.text_offset + vocab.text_size], atol=1e-4, rtol=0
+    )
 
 
 def test_hf_text_only_loads_with_auto_model(setup, hf_dir, tmp_path):  # noqa: F811
     root, cfg = setup
-    assert main(["to-torch", "--checkpoint", str(root / "ckpt"), "--out", str(tmp_path / "hf"),
-                 "--hf-text-only"]) == 0
+    assert main(["to-torch", "--checkpoint", str(root / "ckpt"), "--out", str(tmp_path / "hf"), "--hf-text-only"]) == 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     a = tokens(cfg, seed=2)
     np.testing.assert_allclose(hf_logits(model, a), hf_logits(hf_dir[1], a), atol=1e-4, rtol=0)
@@ -148,10 +163,22 @@ def test_hf_text_only_loads_with_auto_model(setup, hf_dir, tmp_path):  # noqa: F
 def test_round_trip_is_bit_exact(setup, tmp_path):
     """torch -> ours -> torch: every tensor identical (codec and encoder included); the
     sharded output equals a single-file one; .pt input and bf16 output round-trip too."""
-    root, cfg = setup
+    root, _ = setup
     original = all_tensors(root / "torch")
-    assert main(["from-torch", "--torch", str(root / "torch"), "--config", str(root / "cfg.yaml"), "--out",
-                 str(tmp_path / "ckpt")]) == 0
+    assert (
+        main(
+            [
+                "from-torch",
+                "--torch",
+                str(root / "torch"),
+                "--config",
+                str(root / "cfg.yaml"),
+                "--out",
+                str(tmp_path / "ckpt"),
+            ]
+        )
+        == 0
+    )
     jax.tree.map(np.testing.assert_array_equal, load_params(tmp_path / "ckpt"), load_params(root / "ckpt"))
     jax.tree.map(np.testing.assert_array_equal, load_params(tmp_path / "ckpt" / "codec"), load_params(root / "codec"))
     main(["to-torch", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "one.safetensors")])
@@ -161,15 +188,42 @@ def test_round_trip_is_bit_exact(setup, tmp_path):
         assert again[key].dtype == value.dtype and np.array_equal(again[key], value), key
 
     torch.save({k: torch.from_numpy(v) for k, v in original.items()}, tmp_path / "model.pt")
-    main(["from-torch", "--torch", str(tmp_path / "model.pt"), "--config", str(root / "cfg.yaml"), "--out",
-          str(tmp_path / "from_pt")])
+    main(
+        [
+            "from-torch",
+            "--torch",
+            str(tmp_path / "model.pt"),
+            "--config",
+            str(root / "cfg.yaml"),
+            "--out",
+            str(tmp_path / "from_pt"),
+        ]
+    )
     jax.tree.map(np.testing.assert_array_equal, load_params(tmp_path / "from_pt"), load_params(root / "ckpt"))
 
     main(["to-torch", "--checkpoint", str(root / "ckpt"), "--out", str(tmp_path / "bf16"), "--dtype", "bfloat16"])
-    main(["from-torch", "--torch", str(tmp_path / "bf16"), "--config", str(root / "cfg.yaml"), "--out",
-          str(tmp_path / "ckpt_bf16")])
-    main(["to-torch", "--checkpoint", str(tmp_path / "ckpt_bf16"), "--out", str(tmp_path / "bf16_again"),
-          "--dtype", "bfloat16"])
+    main(
+        [
+            "from-torch",
+            "--torch",
+            str(tmp_path / "bf16"),
+            "--config",
+            str(root / "cfg.yaml"),
+            "--out",
+            str(tmp_path / "ckpt_bf16"),
+        ]
+    )
+    main(
+        [
+            "to-torch",
+            "--checkpoint",
+            str(tmp_path / "ckpt_bf16"),
+            "--out",
+            str(tmp_path / "bf16_again"),
+            "--dtype",
+            "bfloat16",
+        ]
+    )
     first, second = all_tensors(tmp_path / "bf16"), all_tensors(tmp_path / "bf16_again")
     assert {v.dtype.name for v in first.values()} == {"bfloat16"}
     for key, value in first.items():
@@ -177,35 +231,57 @@ def test_round_trip_is_bit_exact(setup, tmp_path):
 
 
 def test_bad_torch_inputs_are_named(setup, tmp_path, capsys):
-    root, cfg = setup
+    root, _ = setup
     state = all_tensors(root / "torch")
 
     def from_torch_refused(tensors, pattern, config=root / "cfg.yaml"):
         save_file(tensors, str(tmp_path / "bad.safetensors"))
-        refused(capsys, ["from-torch", "--torch", str(tmp_path / "bad.safetensors"), "--config", str(config),
-                         "--out", str(tmp_path / "out")], pattern)
+        refused(
+            capsys,
+            [
+                "from-torch",
+                "--torch",
+                str(tmp_path / "bad.safetensors"),
+                "--config",
+                str(config),
+                "--out",
+                str(tmp_path / "out"),
+            ],
+            pattern,
+        )
 
     missing = {k: v for k, v in state.items() if k != "model.layers.1.mlp.up_proj.weight"}
     from_torch_refused(missing, "'model.layers.1.mlp.up_proj.weight' missing")
-    from_torch_refused(state | {"stream_emb.weight": np.zeros((7, 64), np.float32)},
-                       r"'stream_emb.weight' .* shape \(7, 64\)")
-    from_torch_refused(state | {"model.layers.2.mlp.up_proj.weight": np.zeros(3, np.float32)},
-                       r"no place .*'model.layers.2.mlp.up_proj.weight'")
+    from_torch_refused(
+        state | {"stream_emb.weight": np.zeros((7, 64), np.float32)}, r"'stream_emb.weight' .* shape \(7, 64\)"
+    )
+    from_torch_refused(
+        state | {"model.layers.2.mlp.up_proj.weight": np.zeros(3, np.float32)},
+        r"no place .*'model.layers.2.mlp.up_proj.weight'",
+    )
     from_torch_refused({k: v for k, v in state.items() if k != CODEC + "fc.weight"}, "'fc.weight' missing")
     (tmp_path / "plain.yaml").write_text(yaml.safe_dump(to_dict(tiny_config())))
     from_torch_refused(state, "set assets.codec", config=tmp_path / "plain.yaml")
-    refused(capsys, ["to-torch", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x")],
-            "neither a model checkpoint")
+    refused(
+        capsys, ["to-torch", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x")], "neither a model checkpoint"
+    )
 
 
 def test_writer_checks_the_plan(tmp_path):
     specs = [TensorSpec("a", (2, 3), np.dtype(np.float32)), TensorSpec("b", (4,), np.dtype(np.float32))]
     with pytest.raises(CheckpointError, match="'b' .* does not match the planned 'b' \\(4,\\)"):
         write_safetensors(tmp_path, specs, iter([("a", np.zeros((2, 3), np.float32)), ("b", np.zeros(5, np.float32))]))
-    files = write_safetensors(tmp_path / "s", specs, iter([("a", np.ones((2, 3), np.float32)),
-                                                          ("b", np.arange(4, dtype=np.float32))]), max_shard_size=24)
-    assert [f.name for f in files] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-                                       "model.safetensors.index.json"]
+    files = write_safetensors(
+        tmp_path / "s",
+        specs,
+        iter([("a", np.ones((2, 3), np.float32)), ("b", np.arange(4, dtype=np.float32))]),
+        max_shard_size=24,
+    )
+    assert [f.name for f in files] == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ]
     np.testing.assert_array_equal(load_file(str(files[1]))["b"], np.arange(4))
 
 
@@ -215,26 +291,35 @@ def test_lazy_save_writes_what_standard_save_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(lazy_save, "CHUNK_BYTES", 64)  # chunks of at most 16 floats
     mesh = jax.make_mesh((8,), ("fsdp",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
-    values = {"a": {"value": np.arange(512, dtype=np.float32).reshape(64, 8)},
-              "b": {"value": np.linspace(0, 1, 8, dtype=np.float32)}}
+    values = {
+        "a": {"value": np.arange(512, dtype=np.float32).reshape(64, 8)},
+        "b": {"value": np.linspace(0, 1, 8, dtype=np.float32)},
+    }
     opened, done, blocks = [], [], []
 
     def open_reader(v):
         opened.append(v.shape)
         return lambda index: blocks.append(v[index].shape) or v[index].copy()
-    lazy = jax.tree.map(lambda v: LazyArray(v.shape, v.dtype, sharding, lambda v=v: open_reader(v),
-                                            lambda v=v: done.append(v.shape)), values)
+
+    lazy = jax.tree.map(
+        lambda v: LazyArray(v.shape, v.dtype, sharding, lambda v=v: open_reader(v), lambda v=v: done.append(v.shape)),
+        values,
+    )
     assert not opened
     save_pytree(tmp_path / "lazy", lazy)
     assert sorted(opened) == sorted(done) == [(8,), (64, 8)]
     assert blocks.count((2, 8)) == 32 and blocks.count((1,)) == 8 and len(blocks) == 40  # chunks within shards
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(tmp_path / "standard", jax.tree.map(lambda v: jax.device_put(v, sharding), values),
-                   save_args=jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=64), values))
+        ckptr.save(
+            tmp_path / "standard",
+            jax.tree.map(lambda v: jax.device_put(v, sharding), values),
+            save_args=jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=64), values),
+        )
         ckptr.wait_until_finished()
         for name in ("_METADATA", "_sharding", "array_metadatas/process_0"):
-            assert (json.loads((tmp_path / "lazy" / name).read_text())
-                    == json.loads((tmp_path / "standard" / name).read_text())), name
+            assert json.loads((tmp_path / "lazy" / name).read_text()) == json.loads(
+                (tmp_path / "standard" / name).read_text()
+            ), name
         target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding), values)
         restored = ckptr.restore(tmp_path / "lazy", target)
     jax.tree.map(np.testing.assert_array_equal, restored, values)
@@ -250,13 +335,16 @@ def test_torch_files_are_memory_mapped(tmp_path):
 
     def resident_kb(path):  # None: not mapped
         total, inside = None, False
-        for line in open("/proc/self/smaps"):
+        with open("/proc/self/smaps") as smaps:
+            lines = smaps.readlines()
+        for line in lines:
             if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
                 inside = line.rstrip().endswith(str(path))
                 total = (total or 0) if inside else total
             elif inside and line.startswith("Rss:"):
                 total += int(line.split()[1])
         return total
+
     for name, mmap in (("zip.pt", True), ("legacy.bin", False)):
         reader = TensorReader(tmp_path / name)
         for _ in range(2):  # read again after release
@@ -273,7 +361,7 @@ def test_torch_files_are_memory_mapped(tmp_path):
 
 def test_model_checkpoint_restores_onto_other_meshes(setup):
     """Written with fsdp=8; read with data=2 x fsdp=4 and on one device: same values, new shardings."""
-    root, cfg = setup
+    root, _ = setup
     reference = None
     for overrides, devices in ((["mesh.data=2", "mesh.fsdp=4"], 8), ([], 1)):
         c = tiny_config(*overrides)
@@ -312,12 +400,23 @@ def test_run_directory_to_torch(setup, tmp_path):
     run = tmp_path / "run"
     ckpts = RunCheckpoints(tmp_path / "elsewhere", keep=3, async_save=False)  # train.checkpoint_dir
     for step in (5, 7):
-        ckpts.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(
-            {"step": step, "config": to_dict(cfg)})))
+        ckpts.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({"step": step, "config": to_dict(cfg)})
+            ),
+        )
     ckpts.close()
     run.mkdir()
-    (run / "config_resolved.json").write_text(json.dumps(to_dict(
-        dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_dir=str(tmp_path / "elsewhere"))))))
+    (run / "config_resolved.json").write_text(
+        json.dumps(
+            to_dict(
+                dataclasses.replace(
+                    cfg, train=dataclasses.replace(cfg.train, checkpoint_dir=str(tmp_path / "elsewhere"))
+                )
+            )
+        )
+    )
     source = ParamsSource(run)
     assert source.step == 7 and ParamsSource(run, 5).step == 5 and ParamsSource(tmp_path / "elsewhere" / "5").step == 5
     with pytest.raises(CheckpointError, match="no step 6; steps: \\[5, 7\\]"):
@@ -341,8 +440,15 @@ def test_training_starts_from_a_model_checkpoint(demo_root, tmp_path):
     from bagpiper_jax.checkpoint.model_checkpoint import FrozenModules, save_model_checkpoint
     from bagpiper_jax.model.create import init_model
     from bagpiper_jax.train.trainer import train
-    cfg = demo_config(demo_root, f"run_dir={tmp_path}/run", f"train.init_from={tmp_path}/init", "train.steps=1",
-                      "train.lr=0.0", "train.eval_every=1000")
+
+    cfg = demo_config(
+        demo_root,
+        f"run_dir={tmp_path}/run",
+        f"train.init_from={tmp_path}/init",
+        "train.steps=1",
+        "train.lr=0.0",
+        "train.eval_every=1000",
+    )
     _, params, _ = init_model(cfg.model, cfg.runtime, make_mesh(cfg.mesh), cfg.mesh.rules, seed=7)
     save_model_checkpoint(tmp_path / "init", cfg, params, FrozenModules(), source="test")
     train(cfg, progress=False)

@@ -1,4 +1,5 @@
 """The Grain pipeline: packing, exact resume (0 and 2 workers), per-process coverage."""
+
 import dataclasses
 import itertools
 
@@ -27,18 +28,33 @@ def random_example(i: int, rng: np.random.Generator) -> PreparedExample:
     if kind == 0:
         messages = [PreparedMessage("assistant", "text", "text", text(int(rng.integers(5, 40))))]
     elif kind == 1:
-        messages = [PreparedMessage("user", "text", "text", text(int(rng.integers(3, 15)))),
-                    PreparedMessage("assistant", "audio", "codes",
-                                    rng.integers(0, VOCAB.codebook_size, (int(rng.integers(10, 60)), 8)).astype(np.int16))]
+        messages = [
+            PreparedMessage("user", "text", "text", text(int(rng.integers(3, 15)))),
+            PreparedMessage(
+                "assistant",
+                "audio",
+                "codes",
+                rng.integers(0, VOCAB.codebook_size, (int(rng.integers(10, 60)), 8)).astype(np.int16),
+            ),
+        ]
     elif kind == 2:
-        messages = [PreparedMessage("user", "audio", "mel", rng.normal(size=(int(rng.integers(50, 450)), MEL_BINS))
-                                    .astype(np.float32)),
-                    PreparedMessage("assistant", "text", "text", text(int(rng.integers(3, 20))))]
+        messages = [
+            PreparedMessage(
+                "user", "audio", "mel", rng.normal(size=(int(rng.integers(50, 450)), MEL_BINS)).astype(np.float32)
+            ),
+            PreparedMessage("assistant", "text", "text", text(int(rng.integers(3, 20)))),
+        ]
     else:
-        messages = [PreparedMessage("user", "text", "text", text(4)),
-                    PreparedMessage("assistant", "text", "text", text(int(rng.integers(3, 10)))),
-                    PreparedMessage("assistant", "audio", "codes",
-                                    rng.integers(0, VOCAB.codebook_size, (int(rng.integers(5, 30)), 8)).astype(np.int16))]
+        messages = [
+            PreparedMessage("user", "text", "text", text(4)),
+            PreparedMessage("assistant", "text", "text", text(int(rng.integers(3, 10)))),
+            PreparedMessage(
+                "assistant",
+                "audio",
+                "codes",
+                rng.integers(0, VOCAB.codebook_size, (int(rng.integers(5, 30)), 8)).astype(np.int16),
+            ),
+        ]
     ex = PreparedExample(f"ex{i}", "dialogue", 0, tuple(messages))
     return dataclasses.replace(ex, frames=example_frames(ex, VOCAB, output_lengths))
 
@@ -51,14 +67,23 @@ def prepared(tmp_path_factory):
     long_text = PreparedMessage("assistant", "text", "text", np.full(300, 5, np.int32))
     examples.append(dataclasses.replace(PreparedExample("long", "text_only", 301 + 3, (long_text,))))
     for k in range(3):
-        write_shard(out, k, examples[k * 31:(k + 1) * 31], [])
+        write_shard(out, k, examples[k * 31 : (k + 1) * 31], [])
     write_index(CFG, out, 3)
     return out, examples
 
 
 def pipeline(prepared_dir, **overrides):
-    fields = dict(prepared=str(prepared_dir), row_frames=256, batch_rows=4, max_pieces_per_row=4, piece_frames=200,
-                  mel_frames_per_row=1024, packing_bins=8, guidance_drop=0.3, shuffle_seed=1)
+    fields = dict(
+        prepared=str(prepared_dir),
+        row_frames=256,
+        batch_rows=4,
+        max_pieces_per_row=4,
+        piece_frames=200,
+        mel_frames_per_row=1024,
+        packing_bins=8,
+        guidance_drop=0.3,
+        shuffle_seed=1,
+    )
     shard = {k: overrides.pop(k) for k in ("shard_index", "shard_count", "epochs") if k in overrides}
     return build_pipeline(DataConfig(**{**fields, **overrides}), VOCAB, output_lengths, MEL_BINS, **shard)
 
@@ -66,9 +91,17 @@ def pipeline(prepared_dir, **overrides):
 def fields(batch: Batch) -> dict:
     """A batch's arrays by name (pieces prefixed ``mel_``, ``mel`` itself the log-mel stream)."""
     p = batch.pieces
-    return {"ids": batch.ids, "segment_ids": batch.segment_ids, "positions": batch.positions,
-            "loss_mask": batch.loss_mask, "mel": p.mel, "mel_offset": p.offset, "mel_lengths": p.lengths,
-            "mel_clip_lengths": p.clip_lengths, "mel_start": p.start}
+    return {
+        "ids": batch.ids,
+        "segment_ids": batch.segment_ids,
+        "positions": batch.positions,
+        "loss_mask": batch.loss_mask,
+        "mel": p.mel,
+        "mel_offset": p.offset,
+        "mel_lengths": p.lengths,
+        "mel_clip_lengths": p.clip_lengths,
+        "mel_start": p.start,
+    }
 
 
 def mel_of(example: PreparedExample) -> np.ndarray:
@@ -77,8 +110,7 @@ def mel_of(example: PreparedExample) -> np.ndarray:
 
 def test_packed_rows_are_well_formed(prepared):
     pipe = pipeline(prepared[0])
-    assert pipe.report == {"records": 91, "kept": 90, "skipped_overlong": 1, "skipped_audio_budget": 0,
-                           "truncated": 0}
+    assert pipe.report == {"records": 91, "kept": 90, "skipped_overlong": 1, "skipped_audio_budget": 0, "truncated": 0}
     batches = list(itertools.islice(iter(pipe), 6))
     assert all(isinstance(b, Batch) for b in batches)
     cfg_dropped, pieces_seen = [], 0
@@ -105,16 +137,21 @@ def test_packed_rows_are_well_formed(prepared):
                 start = b["mel_start"][r, j]
                 n = output_lengths(int(b["mel_lengths"][r, j]))
                 assert seg[start] > 0 and seg[start + n - 1] == seg[start]
-                np.testing.assert_array_equal(b["ids"][r, start:start + n], 0)
+                np.testing.assert_array_equal(b["ids"][r, start : start + n], 0)
                 # ... and hold the frames of the example's clip they were cut from
                 frames = np.flatnonzero(seg == seg[start])
-                clip = mel_of(prepared[1][segments_first_tokens([{"ids": b["ids"][r:r + 1],
-                                                                   "segment_ids": seg[None] * (seg == seg[start])}])[0]])
+                clip = mel_of(
+                    prepared[1][
+                        segments_first_tokens(
+                            [{"ids": b["ids"][r : r + 1], "segment_ids": seg[None] * (seg == seg[start])}]
+                        )[0]
+                    ]
+                )
                 assert b["mel_clip_lengths"][r, j] == len(clip)
                 cut = 200 * [output_lengths(200 * k) for k in range(3)].index(start - frames[0] - 3)  # bos user audio
                 offset, length = b["mel_offset"][r, j], b["mel_lengths"][r, j]
                 assert length == min(200, len(clip) - cut)
-                np.testing.assert_array_equal(b["mel"][r, offset:offset + length], clip[cut:cut + length])
+                np.testing.assert_array_equal(b["mel"][r, offset : offset + length], clip[cut : cut + length])
                 mel_used = max(mel_used, offset + length)
                 pieces_seen += 1
             np.testing.assert_array_equal(b["mel"][r, mel_used:], 0)

@@ -1,4 +1,5 @@
 """Templates: frames, ids and loss weights against hand-written arrays (docs/data.md, docs/model.md)."""
+
 import numpy as np
 import pytest
 
@@ -24,15 +25,33 @@ def run(ex, **kw):
     return out
 
 
-TEXT_TO_AUDIO = PreparedExample("t2a", "text_to_audio", 0, (
-    msg("user", "text", "text", np.array([1, 2], np.int32)),
-    msg("assistant", "audio", "codes", np.array([[0, 1], [2, 0]], np.int16))))
+TEXT_TO_AUDIO = PreparedExample(
+    "t2a",
+    "text_to_audio",
+    0,
+    (
+        msg("user", "text", "text", np.array([1, 2], np.int32)),
+        msg("assistant", "audio", "codes", np.array([[0, 1], [2, 0]], np.int16)),
+    ),
+)
 
 
 def test_text_to_audio_frames_and_weights():
     out = run(TEXT_TO_AUDIO)
-    expected_ids = [[1, 0], [5, 0], [7, 0], [17, 0], [18, 0], [2, 0],   # bos user text t t eos
-                    [6, 0], [8, 0], [27, 30], [29, 32], [26, 31], [2, 0]]  # assistant audio, interleaved, eos
+    expected_ids = [
+        [1, 0],
+        [5, 0],
+        [7, 0],
+        [17, 0],
+        [18, 0],
+        [2, 0],  # bos user text t t eos
+        [6, 0],
+        [8, 0],
+        [27, 30],
+        [29, 32],
+        [26, 31],
+        [2, 0],
+    ]  # assistant audio, interleaved, eos
     expected_mask = [[0, 0]] * 6 + [[1, 0], [1, 0], [H, H], [H, H], [H, H], [1, 0]]
     np.testing.assert_array_equal(out["ids"], expected_ids)
     np.testing.assert_array_equal(out["loss_mask"], expected_mask)
@@ -54,26 +73,51 @@ def test_cfg_dropout_keeps_only_the_audio_message():
 
 def test_dialogue_with_continuous_audio_and_eot():
     mel = np.arange(250 * 4, dtype=np.float32).reshape(250, 4)
-    ex = PreparedExample("d", "dialogue", 0, (
-        msg("system", "text", "text", np.array([0], np.int32)),
-        msg("user", "audio", "mel", mel),
-        msg("user", "text", "text", np.array([3], np.int32)),
-        msg("assistant", "text", "text", np.array([4, 5], np.int32)),
-        msg("assistant", "text", "text", np.array([6], np.int32))))
+    ex = PreparedExample(
+        "d",
+        "dialogue",
+        0,
+        (
+            msg("system", "text", "text", np.array([0], np.int32)),
+            msg("user", "audio", "mel", mel),
+            msg("user", "text", "text", np.array([3], np.int32)),
+            msg("assistant", "text", "text", np.array([4, 5], np.int32)),
+            msg("assistant", "text", "text", np.array([6], np.int32)),
+        ),
+    )
     out = run(ex)
     tokens = 33  # 250 mel frames: 13 + 13 + ceil(ceil(ceil(50/2)/2)/2) = 7
     ids, mask = out["ids"], out["loss_mask"]
-    expected_head = [[1, 0], [4, 0], [7, 0], [16, 0], [2, 0],  # bos system text t eos (next role differs)
-                     [5, 0], [8, 0]]                           # user audio
+    expected_head = [
+        [1, 0],
+        [4, 0],
+        [7, 0],
+        [16, 0],
+        [2, 0],  # bos system text t eos (next role differs)
+        [5, 0],
+        [8, 0],
+    ]  # user audio
     np.testing.assert_array_equal(ids[:7], expected_head)
-    np.testing.assert_array_equal(ids[7:7 + tokens], 0)       # continuous placeholders
-    tail = [[3, 0],                                            # eot: next message is also user
-            [5, 0], [7, 0], [19, 0], [2, 0],                   # user text t eos
-            [6, 0], [7, 0], [20, 0], [21, 0], [3, 0],          # assistant text t t eot
-            [6, 0], [7, 0], [22, 0], [2, 0]]                   # assistant text t eos
-    np.testing.assert_array_equal(ids[7 + tokens:], tail)
-    np.testing.assert_array_equal(mask[:7 + tokens + 5], 0)
-    np.testing.assert_array_equal(mask[7 + tokens + 5:, 0], 1)
+    np.testing.assert_array_equal(ids[7 : 7 + tokens], 0)  # continuous placeholders
+    tail = [
+        [3, 0],  # eot: next message is also user
+        [5, 0],
+        [7, 0],
+        [19, 0],
+        [2, 0],  # user text t eos
+        [6, 0],
+        [7, 0],
+        [20, 0],
+        [21, 0],
+        [3, 0],  # assistant text t t eot
+        [6, 0],
+        [7, 0],
+        [22, 0],
+        [2, 0],
+    ]  # assistant text t eos
+    np.testing.assert_array_equal(ids[7 + tokens :], tail)
+    np.testing.assert_array_equal(mask[: 7 + tokens + 5], 0)
+    np.testing.assert_array_equal(mask[7 + tokens + 5 :, 0], 1)
     np.testing.assert_array_equal(mask[:, 1], 0)
     # Two pieces: frames [0, 200) -> 26 tokens from frame 7, frames [200, 250) -> 7 tokens from frame 33.
     np.testing.assert_array_equal(out["mel_lengths"], [200, 50])
@@ -103,22 +147,24 @@ def test_record_round_trip():
         assert a.array.dtype == b.array.dtype
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"id": "a", "task": "text_to_audio", "text1": "", "audio1": "x.wav"}', "field 'text1' is empty"),
-    ('{"id": "a", "task": "text_to_audio", "text1": 3, "audio1": "x.wav"}', "field 'text1' must be a string"),
-    ('{"id": "a", "task": "sing"}', "field 'task' must be one of"),
-    ('{"task": "text_only"}', "field 'id' must be a non-empty string"),
-    ('{"id": "a", "task": "dialogue", "dialogue": [["robot", "text", "hi"]]}', r"dialogue\[0\]: role must be"),
-    ("{not json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"id": "a", "task": "text_to_audio", "text1": "", "audio1": "x.wav"}', "field 'text1' is empty"),
+        ('{"id": "a", "task": "text_to_audio", "text1": 3, "audio1": "x.wav"}', "field 'text1' must be a string"),
+        ('{"id": "a", "task": "sing"}', "field 'task' must be one of"),
+        ('{"task": "text_only"}', "field 'id' must be a non-empty string"),
+        ('{"id": "a", "task": "dialogue", "dialogue": [["robot", "text", "hi"]]}', r"dialogue\[0\]: role must be"),
+        ("{not json", "not valid JSON"),
+    ],
+)
 def test_manifest_errors_name_line_and_field(tmp_path, line, message):
     with pytest.raises(ManifestError, match=message):
         parse_line(line, "m.jsonl:3", tmp_path)
 
 
 def test_manifest_tasks_and_paths(tmp_path):
-    ex = parse_line('{"id": "a", "task": "audio_to_text", "audio1": "sub/a.wav", "text1": "a tone"}', "m:1",
-                    tmp_path)
+    ex = parse_line('{"id": "a", "task": "audio_to_text", "audio1": "sub/a.wav", "text1": "a tone"}', "m:1", tmp_path)
     assert [(m.role, m.modality) for m in ex.messages] == [("user", "audio"), ("assistant", "text")]
     assert ex.messages[0].content == str(tmp_path / "sub" / "a.wav")
     ex = parse_line('{"id": "b", "task": "text_only", "text2": "second", "text1": "first"}', "m:2", tmp_path)

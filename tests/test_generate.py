@@ -1,6 +1,7 @@
 """Generation: KV-cache decoding equals the full forward, restricted sampling keeps every id
 in its range, CFG at scale 1 is a no-op, batching does not change answers, and the CLI
 captions / makes audio after a short demo training run."""
+
 import dataclasses
 import json
 import subprocess
@@ -26,8 +27,13 @@ from bagpiper_jax.vocab import ASSISTANT, AUDIO, BOS, EOS, EOT, TEXT, USER
 
 SLOTS = 96
 # Words of a demo caption that name each sound type (bagpiper_jax.data.demo_corpus).
-KIND_WORDS = {"sine tone": "sine tone", "major chord": "major chord", "chirp": "chirp", "noise burst": "white noise",
-              "silence": "silence"}
+KIND_WORDS = {
+    "sine tone": "sine tone",
+    "major chord": "major chord",
+    "chirp": "chirp",
+    "noise burst": "white noise",
+    "silence": "silence",
+}
 SMALL = GenerateConfig(max_text_frames=5, min_audio_frames=2, max_audio_frames=6, max_segments=3, max_new_frames=64)
 
 
@@ -59,8 +65,8 @@ def left_padded(items, length: int = 0, continuous_slots: int = 8) -> Prompts:
     first = np.zeros(len(items), np.int32)
     for r, (f, feats, where) in enumerate(items):
         first[r] = length - len(f)
-        ids[r, first[r]:] = f
-        cont[r, :len(feats)], cont_frames[r, :len(where)] = feats, where + first[r]
+        ids[r, first[r] :] = f
+        cont[r, : len(feats)], cont_frames[r, : len(where)] = feats, where + first[r]
     return Prompts(jnp.asarray(ids), jnp.asarray(first), Continuous(jnp.asarray(cont), jnp.asarray(cont_frames)))
 
 
@@ -76,14 +82,22 @@ def run(model, prompts, settings=SMALL, plan=(), guidance_scale=None, seed=0):
 def prompts(model):
     rng = np.random.default_rng(1)
     dim = model.cfg.continuous_dim
-    return [prompt(model.vocab, rng, 4, 5, dim), prompt(model.vocab, rng, 1, 3, dim), prompt(model.vocab, rng, 6, 0, dim)]
+    return [
+        prompt(model.vocab, rng, 4, 5, dim),
+        prompt(model.vocab, rng, 1, 3, dim),
+        prompt(model.vocab, rng, 6, 0, dim),
+    ]
 
 
 def full_logits(model, frames, first, end, prompts):
     """Uncached logits of the whole decoded rows (left padding as segment 0)."""
     slots = np.arange(frames.shape[1])[None]
-    batch = Batch(jnp.asarray(frames), jnp.asarray((slots >= first[:, None]) & (slots < end[:, None]), jnp.int32),
-                  jnp.asarray(np.maximum(slots - first[:, None], 0)), None)
+    batch = Batch(
+        jnp.asarray(frames),
+        jnp.asarray((slots >= first[:, None]) & (slots < end[:, None]), jnp.int32),
+        jnp.asarray(np.maximum(slots - first[:, None], 0)),
+        None,
+    )
 
     @jax.jit
     def logits(params):
@@ -123,10 +137,10 @@ def test_cached_decoding_equals_full_forward_at_every_step(model, prompts):
     (got0, got_rest), cache = extend(params, ps.ids[:, :prefill], cache, jnp.int32(0), ps.continuous)
     errors = []
     for r in range(2):  # real (non-padding) prefill frames
-        errors.append(np.abs(np.asarray(got0)[r, first[r]:] - want0[r, first[r]:prefill]).max())
-        errors.append(np.abs(np.asarray(got_rest)[r, first[r]:] - want_rest[r, first[r]:prefill]).max())
+        errors.append(np.abs(np.asarray(got0)[r, first[r] :] - want0[r, first[r] : prefill]).max())
+        errors.append(np.abs(np.asarray(got_rest)[r, first[r] :] - want_rest[r, first[r] : prefill]).max())
     for t in range(prefill, length):
-        (got0, got_rest), cache = extend(params, ps.ids[:, t:t + 1], cache, jnp.int32(t))
+        (got0, got_rest), cache = extend(params, ps.ids[:, t : t + 1], cache, jnp.int32(t))
         errors.append(np.abs(np.asarray(got0)[:, 0] - want0[:, t]).max())
         errors.append(np.abs(np.asarray(got_rest)[:, 0] - want_rest[:, t]).max())
     assert max(errors) <= 1e-4, max(errors)
@@ -172,8 +186,9 @@ def test_batched_prompts_equal_one_at_a_time(model, prompts, greedy):
     for r, item in enumerate(prompts):
         alone = run(model, left_padded([item], length + 2), cfg)  # more padding, same compiled shape
         shift = length + 2 - len(item[0])
-        np.testing.assert_array_equal(batched.frames[r, first[r]:batched.end[r]],
-                                      alone.frames[0, shift:alone.end[0]])
+        np.testing.assert_array_equal(
+            batched.frames[r, first[r] : batched.end[r]], alone.frames[0, shift : alone.end[0]]
+        )
 
 
 def check_answer(vocab, cfg, frames, start, end, plan):
@@ -214,7 +229,7 @@ def test_sampled_ids_stay_in_their_ranges_and_audio_deinterleaves(model, sampled
     ps, cfg, out = sampled
     for r in range(len(out.end)):
         check_answer(model.vocab, cfg, out.frames[r], ps.ids.shape[1], int(out.end[r]), ("text", "audio", "audio"))
-        assert (out.frames[r, out.end[r]:] == 0).all()
+        assert (out.frames[r, out.end[r] :] == 0).all()
     assert out.finished.all()
     assert not (out.frames[:3] == out.frames[3:]).all()  # repeated prompts draw different samples
 
@@ -258,9 +273,17 @@ def test_cli_after_demo_training(demo_root, tmp_path):
     held-out clips name the right sound type."""
     from bagpiper_jax.generate import Generator
     from bagpiper_jax.train.trainer import train
+
     run_dir = tmp_path / "run"
-    overrides = [f"run_dir={run_dir}", "train.steps=60", "train.warmup_steps=5", "train.decay_steps=60",
-                 "train.eval_every=60", "train.checkpoint_every=60", "train.log_every=10"]
+    overrides = [
+        f"run_dir={run_dir}",
+        "train.steps=60",
+        "train.warmup_steps=5",
+        "train.decay_steps=60",
+        "train.eval_every=60",
+        "train.checkpoint_every=60",
+        "train.log_every=10",
+    ]
     cfg = demo_config(demo_root, *overrides)
     train(cfg, progress=False)
     heldout = [json.loads(x) for x in (demo_root / "demo" / "corpus" / "heldout.jsonl").read_text().splitlines()]
@@ -268,9 +291,26 @@ def test_cli_after_demo_training(demo_root, tmp_path):
     caption = next(ex.get("text1") for ex in heldout if ex.get("text1"))
     out_wav = tmp_path / "out.wav"
     gen = ["generate.max_new_frames=192", "generate.max_audio_frames=100"]
-    cmd = ["bagpiper-generate", "--checkpoint", str(run_dir), "--config", str(DEMO), "--audio", clips[0][1],
-           "--question", "What kind of sound is this?", "--text", caption, "--out", str(out_wav), "--devices", "1",
-           *demo_overrides(demo_root), *overrides, *gen]
+    cmd = [
+        "bagpiper-generate",
+        "--checkpoint",
+        str(run_dir),
+        "--config",
+        str(DEMO),
+        "--audio",
+        clips[0][1],
+        "--question",
+        "What kind of sound is this?",
+        "--text",
+        caption,
+        "--out",
+        str(out_wav),
+        "--devices",
+        "1",
+        *demo_overrides(demo_root),
+        *overrides,
+        *gen,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

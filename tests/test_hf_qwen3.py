@@ -1,4 +1,5 @@
 """HF Qwen3 checkpoint loading: parity of stream-0 text logits with transformers (fp32)."""
+
 import json
 
 import jax
@@ -21,11 +22,19 @@ def hf_dir(tmp_path_factory):
     """A tiny random Qwen3 with the tiny config's backbone, saved as sharded safetensors."""
     m = tiny_config().model
     torch.manual_seed(0)
-    hf_cfg = Qwen3Config(vocab_size=m.text_vocab_size, hidden_size=m.hidden, intermediate_size=m.mlp,
-                         num_hidden_layers=m.layers, num_attention_heads=m.heads,
-                         num_key_value_heads=m.kv_heads, head_dim=m.head_dim, rms_norm_eps=m.rms_eps,
-                         rope_parameters={"rope_type": "default", "rope_theta": m.rope_theta},
-                         max_position_embeddings=tiny_config().runtime.max_frames, tie_word_embeddings=False)
+    hf_cfg = Qwen3Config(
+        vocab_size=m.text_vocab_size,
+        hidden_size=m.hidden,
+        intermediate_size=m.mlp,
+        num_hidden_layers=m.layers,
+        num_attention_heads=m.heads,
+        num_key_value_heads=m.kv_heads,
+        head_dim=m.head_dim,
+        rms_norm_eps=m.rms_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": m.rope_theta},
+        max_position_embeddings=tiny_config().runtime.max_frames,
+        tie_word_embeddings=False,
+    )
     model = Qwen3ForCausalLM(hf_cfg).eval()
     with torch.no_grad():  # HF init leaves norms at one: randomise them so they are tested
         for name, p in model.named_parameters():
@@ -51,15 +60,16 @@ def stream0_text_logits(graphdef, state, tokens_per_segment, frames, vocab):
     start = 0
     for i, tokens in enumerate(tokens_per_segment):
         n = len(tokens)
-        ids[0, start:start + n, 0] = vocab.text_ids(tokens)
-        seg[0, start:start + n], pos[0, start:start + n] = i + 1, np.arange(n)
+        ids[0, start : start + n, 0] = vocab.text_ids(tokens)
+        seg[0, start : start + n], pos[0, start : start + n] = i + 1, np.arange(n)
         start += n
     rows = lambda x: np.repeat(x, 4, axis=0)
-    batch = Batch(ids=rows(ids), segment_ids=rows(seg), positions=rows(pos),
-                  loss_mask=np.zeros((4,) + ids.shape[1:], np.float32))
+    batch = Batch(
+        ids=rows(ids), segment_ids=rows(seg), positions=rows(pos), loss_mask=np.zeros((4,) + ids.shape[1:], np.float32)
+    )
     model = nnx.merge(graphdef, state)
     logits0, _ = model.stream_logits(model.hidden_states(batch))
-    return np.asarray(logits0[0, :, vocab.text_offset:vocab.text_offset + vocab.text_size])
+    return np.asarray(logits0[0, :, vocab.text_offset : vocab.text_offset + vocab.text_size])
 
 
 @pytest.mark.parametrize("devices", [1, 8])
@@ -83,22 +93,22 @@ def test_text_logits_match_hf_single_and_packed(hf_dir, devices):
 def test_vocabulary_extension(hf_dir):
     path, hf_model = hf_dir
     cfg = tiny_config()
-    load = lambda devices, seed: nnx.merge(*load_hf_qwen3(path, cfg.model, cfg.runtime, make_mesh(cfg.mesh, devices),
-                                                          cfg.mesh.rules, seed=seed)[:2])
+    load = lambda devices, seed: nnx.merge(
+        *load_hf_qwen3(path, cfg.model, cfg.runtime, make_mesh(cfg.mesh, devices), cfg.mesh.rules, seed=seed)[:2]
+    )
     model = load(jax.devices()[:1], 0)
     v = model.vocab
     embed, head = np.asarray(model.embed[...]), np.asarray(model.lm_head[...]).T
     text = slice(v.text_offset, v.text_offset + v.text_size)
     np.testing.assert_array_equal(embed[text], hf_model.model.embed_tokens.weight.detach().numpy())
     np.testing.assert_array_equal(head[text], hf_model.lm_head.weight.detach().numpy())
-    other = np.concatenate([embed[:v.text_offset], embed[v.audio_offset:]])
+    other = np.concatenate([embed[: v.text_offset], embed[v.audio_offset :]])
     assert abs(other.std() - cfg.model.init_std) < 0.1 * cfg.model.init_std
-    assert not np.allclose(embed[:v.text_offset], head[:v.text_offset])  # independent draws
+    assert not np.allclose(embed[: v.text_offset], head[: v.text_offset])  # independent draws
     np.testing.assert_array_equal(np.asarray(model.stream_emb[...]), 0)
     sharded = load(jax.devices(), 0)  # identical on any mesh, different with another seed
     np.testing.assert_array_equal(np.asarray(sharded.embed[...]), embed)
-    assert not np.allclose(np.asarray(load(jax.devices()[:1], 1).embed[...])[:v.text_offset],
-                           embed[:v.text_offset])
+    assert not np.allclose(np.asarray(load(jax.devices()[:1], 1).embed[...])[: v.text_offset], embed[: v.text_offset])
 
 
 def test_config_from_hf_dimensions(hf_dir):
@@ -127,6 +137,7 @@ def test_missing_and_misshapen_tensors_are_named(hf_dir, tmp_path):
     cfg = tiny_config()
     state = {k: v for k, v in hf_model.state_dict().items() if k != "model.layers.1.mlp.up_proj.weight"}
     from safetensors.torch import save_file
+
     (tmp_path / "config.json").write_text((path / "config.json").read_text())
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "model.safetensors")
     mesh = make_mesh(cfg.mesh, jax.devices()[:1])

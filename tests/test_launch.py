@@ -1,5 +1,6 @@
 """The cluster launch scripts, run against stand-in ``gcloud`` / ``srun`` that record their
 arguments (the multi-process local launcher runs for real in test_train_processes.py)."""
+
 import os
 import re
 import subprocess
@@ -25,15 +26,22 @@ def run(script: str, args: list[str], env: dict, tmp_path: Path) -> list[list[st
     for tool in ("gcloud", "srun"):
         fake_tool(tmp_path / "bin", tool, calls)
     full_env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", **env}
-    done = subprocess.run(["bash", str(REPO / "launch" / script), *args], env=full_env, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        ["bash", str(REPO / "launch" / script), *args], env=full_env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return [f.read_bytes().decode().split("\0")[:-1] for f in sorted(calls.iterdir(), key=os.path.getmtime)]
 
 
 def test_tpu_pod_train_runs_bagpiper_train_on_every_host(tmp_path):
-    env = {"TPU_NAME": "pod", "ZONE": "us-east5-a", "ACCELERATOR": "v5p-256", "BUCKET": "gs://bkt",
-           "RUN": "r1", "INIT_FROM": "models/Qwen3-8B-Base"}
+    env = {
+        "TPU_NAME": "pod",
+        "ZONE": "us-east5-a",
+        "ACCELERATOR": "v5p-256",
+        "BUCKET": "gs://bkt",
+        "RUN": "r1",
+        "INIT_FROM": "models/Qwen3-8B-Base",
+    }
     [call] = run("tpu_pod.sh", ["train", "train.steps=10"], env, tmp_path)
     assert call[:5] == ["compute", "tpus", "tpu-vm", "ssh", "pod"] and "--worker=all" in call
     command = next(a.split("=", 1)[1] for a in call if a.startswith("--command="))

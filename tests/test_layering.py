@@ -1,6 +1,7 @@
 """The package's import structure: layers in one direction, no cycles, few function-level
 imports (each with its reason). Walks the source with ``ast``, so function-level imports
 count too."""
+
 import ast
 from pathlib import Path
 
@@ -62,8 +63,9 @@ def import_graph() -> tuple[dict[str, set[str]], list[tuple[str, int, str]]]:
             if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for node in ast.walk(fn):
                     if isinstance(node, (ast.Import, ast.ImportFrom)):
-                        function_level.append((str(path.relative_to(PACKAGE.parent)), node.lineno,
-                                               lines[node.lineno - 1]))
+                        function_level.append(
+                            (str(path.relative_to(PACKAGE.parent)), node.lineno, lines[node.lineno - 1])
+                        )
     return graph, sorted(set(function_level))
 
 
@@ -75,7 +77,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = "done"
@@ -98,7 +100,8 @@ def test_no_import_cycles_between_modules_or_components():
     components = {}
     for module, targets in graph.items():
         components.setdefault(component(module), set()).update(
-            component(t) for t in targets if component(t) != component(module))
+            component(t) for t in targets if component(t) != component(module)
+        )
     cycle = find_cycle(components)
     assert cycle is None, f"package import cycle: {' -> '.join(cycle)}"
 
@@ -113,8 +116,10 @@ def test_imports_flow_down_the_layers():
             if target == ROOT:
                 wrong.append(f"{module} imports the package facade {ROOT}; import the defining module")
             elif LAYER_OF[component(target)] > LAYER_OF[component(module)]:
-                wrong.append(f"{module} (layer {LAYER_OF[component(module)]}) imports {target} "
-                             f"(layer {LAYER_OF[component(target)]})")
+                wrong.append(
+                    f"{module} (layer {LAYER_OF[component(module)]}) imports {target} "
+                    f"(layer {LAYER_OF[component(target)]})"
+                )
     assert not wrong, "\n".join(wrong)
 
 
@@ -123,7 +128,8 @@ def test_function_level_imports_are_few_and_give_a_reason():
     assert len(function_level) <= MAX_FUNCTION_LEVEL_IMPORTS, "\n".join(f"{f}:{n}" for f, n, _ in function_level)
     unexplained = [f"{f}:{n}: {line.strip()}" for f, n, line in function_level if "#" not in line]
     assert not unexplained, "function-level imports need a one-line reason (a trailing comment):\n" + "\n".join(
-        unexplained)
+        unexplained
+    )
 
 
 def test_the_cycle_finder_finds_cycles():

@@ -1,5 +1,6 @@
 """The model's loss and embedding against plain, unchunked references (docs/model.md, Frames and
 streams; Loss)."""
+
 import jax
 import numpy as np
 import pytest
@@ -42,7 +43,7 @@ def reference_loss(hidden, head, stream_emb, ids, mask, seg, vocab):
                 else:
                     if not a0 <= target < a0 + na:
                         w = 0.0
-                    logits = (hidden[b, t] + stream_emb[s]) @ head[:, a0:a0 + na]
+                    logits = (hidden[b, t] + stream_emb[s]) @ head[:, a0 : a0 + na]
                     target -= a0
                 if w == 0:
                     continue
@@ -65,9 +66,15 @@ def test_loss_matches_plain_reference(model_and_batch):
     loss, sums = jitted(model, "loss", batch, continuous)
     metrics = stream_metrics(sums)
     hidden = np.asarray(jitted(model, "hidden_states", batch, continuous), np.float64)
-    ref, ref_streams = reference_loss(hidden, np.asarray(model.lm_head[...], np.float64),
-                                      np.asarray(model.stream_emb[...], np.float64), np.asarray(batch.ids),
-                                      np.asarray(batch.loss_mask), np.asarray(batch.segment_ids), model.vocab)
+    ref, ref_streams = reference_loss(
+        hidden,
+        np.asarray(model.lm_head[...], np.float64),
+        np.asarray(model.stream_emb[...], np.float64),
+        np.asarray(batch.ids),
+        np.asarray(batch.loss_mask),
+        np.asarray(batch.segment_ids),
+        model.vocab,
+    )
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(float(metrics["loss"]), ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(metrics["stream_loss"]), ref_streams, rtol=1e-5, atol=1e-5)
@@ -79,8 +86,19 @@ def test_loss_chunk_size_does_not_change_result(model_and_batch):
     model, batch, continuous = model_and_batch
     hidden = jitted(model, "hidden_states", batch, continuous)
     loss = jax.jit(multistream_loss, static_argnums=(6, 7))
-    results = [loss(hidden, model.lm_head[...], model.stream_emb[...], batch.ids, batch.loss_mask,
-                    batch.segment_ids, model.vocab, chunk)[0] for chunk in (7, 32, 96, 1000)]
+    results = [
+        loss(
+            hidden,
+            model.lm_head[...],
+            model.stream_emb[...],
+            batch.ids,
+            batch.loss_mask,
+            batch.segment_ids,
+            model.vocab,
+            chunk,
+        )[0]
+        for chunk in (7, 32, 96, 1000)
+    ]
     np.testing.assert_allclose(results, results[0], rtol=1e-6)
 
 
@@ -88,10 +106,12 @@ def test_embedding_sums_streams_and_injects_continuous(model_and_batch):
     model, batch, continuous = model_and_batch
     table = np.asarray(model.embed[...])
     ids = np.asarray(batch.ids)
-    expected = table[ids[..., 0]] + sum(np.where((ids[..., s] != 0)[..., None], table[ids[..., s]], 0)
-                                        for s in range(1, ids.shape[-1]))
+    expected = table[ids[..., 0]] + sum(
+        np.where((ids[..., s] != 0)[..., None], table[ids[..., s]], 0) for s in range(1, ids.shape[-1])
+    )
     adapted = np.asarray(continuous.features) @ np.asarray(model.adaptor_kernel[...]) + np.asarray(
-        model.adaptor_bias[...])
+        model.adaptor_bias[...]
+    )
     for b, row in enumerate(np.asarray(continuous.frames)):
         for i, f in enumerate(row):
             if f >= 0:
@@ -110,7 +130,7 @@ def test_loss_has_gradient_for_every_param(model_and_batch):
 
 
 def test_sequence_longer_than_max_frames_is_an_error(model_and_batch):
-    model, batch, _ = model_and_batch
+    _, batch, _ = model_and_batch
     cfg = tiny_config("runtime.max_frames=64")
     small = nnx.eval_shape(lambda: Bagpiper(cfg.model, cfg.runtime, rngs=nnx.Rngs(0)))  # the check precedes any math
     with pytest.raises(ValueError, match="exceeds runtime.max_frames=64"):
@@ -124,7 +144,10 @@ def test_remat_policies_give_the_same_gradients(model_and_batch):
     for policy in ("none", "dots", "dots_attention", "qkv_attention", "full"):
         cfg = tiny_config("runtime.loss_chunk=40", f"runtime.remat={policy}")
         graphdef, state, _ = init_model(cfg.model, cfg.runtime, make_mesh(cfg.mesh, jax.devices()[:1]), cfg.mesh.rules)
-        grads[policy] = jax.jit(jax.grad(lambda p: nnx.merge(graphdef, p).loss(batch, continuous)[0]))(state)
-    for policy, g in grads.items():
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7),
-                     g, grads["none"])
+        grads[policy] = jax.jit(jax.grad(lambda p, g=graphdef: nnx.merge(g, p).loss(batch, continuous)[0]))(state)
+    for g in grads.values():
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7),
+            g,
+            grads["none"],
+        )

@@ -1,5 +1,6 @@
 """bagpiper-prepare on a manifest with broken entries: good ones prepared, odd audio
 resampled/downmixed, broken ones skipped and reported with reasons; finished shards skipped."""
+
 import json
 
 import numpy as np
@@ -34,13 +35,20 @@ def test_broken_entries_are_reported_and_good_ones_prepared(demo_root, tmp_path)
     out = tmp_path / "prepared"
     report = prepare_manifest(cfg, manifest, out, progress=False)
     assert report["prepared"] == 2 and report["skipped"] == 6
-    assert report["by_reason"] == {"missing file": 1, "unreadable audio": 1, "empty text": 1,
-                                   "non-finite samples": 1, "duplicate id": 1, "malformed line": 1}
+    assert report["by_reason"] == {
+        "missing file": 1,
+        "unreadable audio": 1,
+        "empty text": 1,
+        "non-finite samples": 1,
+        "duplicate id": 1,
+        "malformed line": 1,
+    }
     for entry in report["inputs"]:
         assert entry["reason"] and entry["line"] >= 3
     index = read_index(out)
     assert [i for s in index["shards"] for i in s["ids"]] == ["good", "odd"]
     from array_record.python.array_record_module import ArrayRecordReader
+
     reader = ArrayRecordReader(str(out / index["shards"][0]["file"]))
     odd = decode_record(reader.read([1])[0])
     mel = odd.messages[0].array

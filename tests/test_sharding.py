@@ -1,4 +1,5 @@
 """Sharded loss and gradients on a 2x2x2 (data, fsdp, tensor) mesh equal one device."""
+
 import jax
 import numpy as np
 import pytest
@@ -23,10 +24,15 @@ def run(cfg, devices, batch, continuous):
         return NamedSharding(mesh, logical_to_spec(axes, rules))
 
     grad_fn = jax.value_and_grad(lambda p, b, c: nnx.merge(graphdef, p).loss(b, c), has_aux=True)
-    step = jax.jit(grad_fn, in_shardings=(shardings, batch.shardings(mesh, rules),
-                                          Continuous(named("activation_batch", None, None),
-                                                     named("activation_batch", None))),
-                   out_shardings=((named(), named()), shardings))
+    step = jax.jit(
+        grad_fn,
+        in_shardings=(
+            shardings,
+            batch.shardings(mesh, rules),
+            Continuous(named("activation_batch", None, None), named("activation_batch", None)),
+        ),
+        out_shardings=((named(), named()), shardings),
+    )
     with jax.set_mesh(mesh):
         (loss, metrics), grads = step(params, batch, continuous)
     return params, loss, metrics, grads

@@ -1,6 +1,7 @@
 """AOT compile of the train step for a real TPU topology from this CPU host (libtpu describes
 the chips, nothing runs): catches sharding mistakes (fsdp x tensor, Splash attention's
 shard_map, the frozen tower) without a TPU."""
+
 import dataclasses
 import importlib.util
 from pathlib import Path
@@ -17,8 +18,9 @@ from bagpiper_jax.train.program import build_program
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
-needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                                  reason='libtpu is not installed (pip install "jax[tpu]==<jax version>")')
+needs_libtpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None, reason='libtpu is not installed (pip install "jax[tpu]==<jax version>")'
+)
 
 
 @pytest.mark.parametrize("name, chips", [("8b_v5p256.yaml", 128), ("8b_v6e256.yaml", 256)])
@@ -26,8 +28,15 @@ def test_pod_configs_are_the_8b_model_with_a_1m_frame_batch(name, chips):
     """The slice configs repeat configs/8b.yaml's model (the loader has no includes) and may
     only tune the kernel and memory settings: keep them in sync."""
     cfg, base = load_config(CONFIGS / name), load_config(CONFIGS / "8b.yaml")
-    tunable = ("remat", "attention", "splash_block_q", "splash_block_kv", "splash_block_kv_compute",
-               "splash_fused_bwd", "loss_chunk")
+    tunable = (
+        "remat",
+        "attention",
+        "splash_block_q",
+        "splash_block_kv",
+        "splash_block_kv_compute",
+        "splash_fused_bwd",
+        "loss_chunk",
+    )
     assert cfg.model == base.model
     assert dataclasses.replace(cfg.runtime, **{f: getattr(base.runtime, f) for f in tunable}) == base.runtime
     assert cfg.runtime.attention == "splash"
@@ -38,16 +47,36 @@ def test_pod_configs_are_the_8b_model_with_a_1m_frame_batch(name, chips):
 @needs_libtpu
 @pytest.mark.slow  # 20-40 s: XLA:TPU compile on the CPU host
 def test_tiny_train_step_compiles_for_v5p_with_fsdp_tensor_and_splash():
-    cfg = load_config(CONFIGS / "tiny.yaml", [
-        "runtime.attention=splash", "runtime.splash_block_q=128", "runtime.splash_block_kv=128",
-        "runtime.splash_block_kv_compute=128", "runtime.dtype=bfloat16", "model.continuous_dim=16",
-        "mesh.fsdp=2", "mesh.tensor=2", "data.row_frames=256", "data.batch_rows=4", "data.max_pieces_per_row=2",
-        "data.piece_frames=200", "train.grad_accum=2"])
+    cfg = load_config(
+        CONFIGS / "tiny.yaml",
+        [
+            "runtime.attention=splash",
+            "runtime.splash_block_q=128",
+            "runtime.splash_block_kv=128",
+            "runtime.splash_block_kv_compute=128",
+            "runtime.dtype=bfloat16",
+            "model.continuous_dim=16",
+            "mesh.fsdp=2",
+            "mesh.tensor=2",
+            "data.row_frames=256",
+            "data.batch_rows=4",
+            "data.max_pieces_per_row=2",
+            "data.piece_frames=200",
+            "train.grad_accum=2",
+        ],
+    )
     devices = tpu_devices("v5p:2x2x1")
     assert len(devices) == 4 and devices[0].platform == "tpu"
     mesh = make_mesh(cfg.mesh, devices)
-    tower = AudioEncoderConfig(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
-                               downsample_hidden_size=8, output_dim=16, n_window_infer=200)
+    tower = AudioEncoderConfig(
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        downsample_hidden_size=8,
+        output_dim=16,
+        n_window_infer=200,
+    )
     # conftest sets "highest" matmul precision; Mosaic rejects fp32 contraction on bf16 operands.
     with jax.default_matmul_precision("default"):
         compiled, _ = build_program(cfg, mesh, FrozenTower.abstract(mesh, cfg.mesh.rules, tower)).compile()

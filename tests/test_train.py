@@ -1,4 +1,5 @@
 """Training: learning on the demo corpus, exact resume, other-mesh restore, gradient accumulation."""
+
 import json
 import shutil
 
@@ -17,13 +18,22 @@ from bagpiper_jax.train.trainer import train
 
 
 def losses(run_dir):
-    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-            if "loss" in r}
+    return {
+        r["step"]: r["loss"]
+        for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    }
 
 
 def test_loss_falls_and_a_restart_resumes_bit_identically(demo_root, tmp_path):
-    common = ["train.steps=48", "train.log_every=1", "train.eval_every=48", "train.checkpoint_every=24",
-              "train.warmup_steps=5", "train.decay_steps=48"]
+    common = [
+        "train.steps=48",
+        "train.log_every=1",
+        "train.eval_every=48",
+        "train.checkpoint_every=24",
+        "train.warmup_steps=5",
+        "train.decay_steps=48",
+    ]
     summary = train(demo_config(demo_root, f"run_dir={tmp_path}/a", *common), progress=False)
     curve = losses(tmp_path / "a")
     first, last = np.mean([curve[s] for s in (1, 2, 3)]), np.mean([curve[s] for s in (46, 47, 48)])
@@ -37,8 +47,10 @@ def test_loss_falls_and_a_restart_resumes_bit_identically(demo_root, tmp_path):
     # A run holding only the step-24 checkpoint (in a train.checkpoint_dir outside its run
     # directory) resumes and reproduces steps 25..48 exactly.
     shutil.copytree(tmp_path / "a" / "checkpoints" / "24", tmp_path / "b_ckpts" / "24")
-    train(demo_config(demo_root, f"run_dir={tmp_path}/b", f"train.checkpoint_dir={tmp_path}/b_ckpts", *common),
-          progress=False)
+    train(
+        demo_config(demo_root, f"run_dir={tmp_path}/b", f"train.checkpoint_dir={tmp_path}/b_ckpts", *common),
+        progress=False,
+    )
     assert (tmp_path / "b_ckpts" / "48").is_dir() and not (tmp_path / "b" / "checkpoints").exists()
     resumed = losses(tmp_path / "b")
     assert min(resumed) == 25
@@ -55,8 +67,12 @@ def test_restore_onto_another_mesh(demo_root, tmp_path):
     tx = make_optimizer(cfg.train)
     abstract = abstract_state(abstract_model(cfg.model, cfg.runtime, cfg.mesh.rules)[1], tx)
     ckpts = RunCheckpoints(tmp_path / "r" / "checkpoints", 3)
-    restored = [ckpts.restore_state(2, with_shardings(abstract, train_state_shardings(
-        abstract, make_mesh(c.mesh), cfg.mesh.rules))) for c in (cfg, demo_config(demo_root, *wide))]
+    restored = [
+        ckpts.restore_state(
+            2, with_shardings(abstract, train_state_shardings(abstract, make_mesh(c.mesh), cfg.mesh.rules))
+        )
+        for c in (cfg, demo_config(demo_root, *wide))
+    ]
     ckpts.close()
     assert restored[0].params["embed"][...].sharding.mesh.shape["data"] == 8
     assert restored[1].params["embed"][...].sharding.mesh.shape["data"] == 2
@@ -71,7 +87,7 @@ def test_gradient_accumulation_equals_one_big_batch():
     cfg = tiny_config()
     mesh = make_mesh(cfg.mesh, jax.devices()[:1])
     tx = make_optimizer(cfg.train)
-    graphdef, params, shardings = init_model(cfg.model, cfg.runtime, mesh, cfg.mesh.rules)
+    graphdef, params, _ = init_model(cfg.model, cfg.runtime, mesh, cfg.mesh.rules)
     abstract = abstract_state(abstract_model(cfg.model, cfg.runtime, cfg.mesh.rules)[1], tx)
     state_sh = train_state_shardings(abstract, mesh, cfg.mesh.rules)
     batch, _ = packed_batch(nnx.merge(graphdef, params).vocab, cfg.model.continuous_dim, rows=4)
@@ -83,5 +99,8 @@ def test_gradient_accumulation_equals_one_big_batch():
     for state, metrics in results[1:]:
         np.testing.assert_allclose(float(metrics["loss"]), float(results[0][1]["loss"]), rtol=1e-5)
         np.testing.assert_allclose(float(metrics["grad_norm"]), float(results[0][1]["grad_norm"]), rtol=1e-5)
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6),
-                     state.opt_state, results[0][0].opt_state)
+        jax.tree.map(
+            lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6),
+            state.opt_state,
+            results[0][0].opt_state,
+        )

@@ -1,5 +1,6 @@
 """bagpiper-train as a process: preemption (SIGTERM), SIGKILL + restart, and two processes
 (4 devices each, gloo) against one process with 8 devices."""
+
 import json
 import os
 import signal
@@ -20,10 +21,24 @@ COMMON = ["train.log_every=1", "train.eval_every=1000", "data.input_shards=2"]
 
 
 def launch(root, run_dir, *overrides, devices=8, env=None):
-    cmd = [sys.executable, "-m", "bagpiper_jax.cli.train", "--config", str(DEMO), "--no-progress",
-           *demo_overrides(root), f"run_dir={run_dir}", *COMMON, *overrides]
-    full_env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-                "JAX_PLATFORMS": "cpu", **(env or {})}
+    cmd = [
+        sys.executable,
+        "-m",
+        "bagpiper_jax.cli.train",
+        "--config",
+        str(DEMO),
+        "--no-progress",
+        *demo_overrides(root),
+        f"run_dir={run_dir}",
+        *COMMON,
+        *overrides,
+    ]
+    full_env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        **(env or {}),
+    }
     return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -85,8 +100,13 @@ def free_port() -> int:
 def two_processes(root, run_dir, *overrides):
     """Two processes of 4 CPU devices each, started by ``launch/local.sh``."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PROCESSES": "2", "DEVICES_PER_PROCESS": "4", "PORT": str(free_port()),
-           "LOG_DIR": str(run_dir)}
+    env = {
+        **os.environ,
+        "PROCESSES": "2",
+        "DEVICES_PER_PROCESS": "4",
+        "PORT": str(free_port()),
+        "LOG_DIR": str(run_dir),
+    }
     cmd = ["bash", str(LAUNCH_LOCAL), str(DEMO), *demo_overrides(root), f"run_dir={run_dir}", *COMMON, *overrides]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     logs = "\n".join(p.read_text()[-2000:] for p in sorted(run_dir.glob("local-process-*.log")))

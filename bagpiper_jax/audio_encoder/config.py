@@ -4,6 +4,7 @@ Only the fields that change the computation are kept; defaults are the shipped
 Qwen3-Omni-30B-A3B tower (docs/audio_encoder.md) except ``output_dim``, which HF defaults to 3584 and
 the shipped checkpoint sets to 2048.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,22 +32,36 @@ class AudioEncoderConfig:
     activation_function: str = "gelu"
 
     def __post_init__(self):
-        for name in ("num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads",
-                     "encoder_ffn_dim", "downsample_hidden_size", "output_dim"):
+        for name in (
+            "num_mel_bins",
+            "d_model",
+            "encoder_layers",
+            "encoder_attention_heads",
+            "encoder_ffn_dim",
+            "downsample_hidden_size",
+            "output_dim",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"audio_encoder.{name} must be positive, got {getattr(self, name)}")
         if self.d_model % self.encoder_attention_heads:
-            raise ConfigError(f"audio_encoder.d_model ({self.d_model}) must be a multiple of "
-                              f"encoder_attention_heads ({self.encoder_attention_heads})")
+            raise ConfigError(
+                f"audio_encoder.d_model ({self.d_model}) must be a multiple of "
+                f"encoder_attention_heads ({self.encoder_attention_heads})"
+            )
         if self.n_window != SUPPORTED_N_WINDOW:
-            raise ConfigError(f"audio_encoder.n_window must be {SUPPORTED_N_WINDOW} (the HF length formula "
-                              f"assumes 100-frame chunks), got {self.n_window}")
+            raise ConfigError(
+                f"audio_encoder.n_window must be {SUPPORTED_N_WINDOW} (the HF length formula "
+                f"assumes 100-frame chunks), got {self.n_window}"
+            )
         if self.n_window_infer < self.chunk_frames:
-            raise ConfigError(f"audio_encoder.n_window_infer ({self.n_window_infer}) must be at least one "
-                              f"chunk ({self.chunk_frames} frames)")
+            raise ConfigError(
+                f"audio_encoder.n_window_infer ({self.n_window_infer}) must be at least one "
+                f"chunk ({self.chunk_frames} frames)"
+            )
         if self.activation_function != "gelu":
-            raise ConfigError(f"audio_encoder.activation_function must be 'gelu' (exact erf), "
-                              f"got {self.activation_function!r}")
+            raise ConfigError(
+                f"audio_encoder.activation_function must be 'gelu' (exact erf), got {self.activation_function!r}"
+            )
 
     @property
     def chunk_frames(self) -> int:

@@ -9,6 +9,7 @@ to (clip max − 8), ``(x + 4) / 4``. Clips longer than 300 s are truncated.
 Each clip is computed exactly as if it were alone: padding a batch changes neither the
 reflected edges, the normalisation statistics nor the clamp maximum. Padded frames are 0.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,8 +32,17 @@ DYNAMIC_RANGE = 8.0
 def mel_filters(n_mels: int = 128) -> np.ndarray:
     """Slaney mel filter bank, float32 ``[N_FFT // 2 + 1, n_mels]`` (librosa, 0–8 kHz)."""
     import librosa  # slow to import (numba); needed once per process for the filter bank
-    bank = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels, fmin=0.0, fmax=SAMPLE_RATE / 2,
-                               htk=False, norm="slaney", dtype=np.float64)
+
+    bank = librosa.filters.mel(
+        sr=SAMPLE_RATE,
+        n_fft=N_FFT,
+        n_mels=n_mels,
+        fmin=0.0,
+        fmax=SAMPLE_RATE / 2,
+        htk=False,
+        norm="slaney",
+        dtype=np.float64,
+    )
     return np.ascontiguousarray(bank.T, dtype=np.float32)
 
 
@@ -69,8 +79,9 @@ def normalize_waveforms(waveforms: jax.Array, lengths: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("n_mels", "normalize"))
-def log_mel(waveforms: jax.Array, lengths: jax.Array, n_mels: int = 128,
-            normalize: bool = True) -> tuple[jax.Array, jax.Array]:
+def log_mel(
+    waveforms: jax.Array, lengths: jax.Array, n_mels: int = 128, normalize: bool = True
+) -> tuple[jax.Array, jax.Array]:
     """Log-mel features of a right-padded batch of 16 kHz clips.
 
     Args:
@@ -105,4 +116,3 @@ def log_mel(waveforms: jax.Array, lengths: jax.Array, n_mels: int = 128,
     clip_max = jnp.max(jnp.where(valid, log_spec, -jnp.inf), axis=(1, 2), keepdims=True)
     log_spec = (jnp.maximum(log_spec, clip_max - DYNAMIC_RANGE) + 4.0) / 4.0
     return jnp.where(valid, log_spec, 0.0), frame_lengths
-

@@ -4,6 +4,7 @@ Training and generation hold the tower the same way: a :class:`FrozenTower` keep
 graph, params and their shardings; jitted steps take the params as an argument of their
 own (never donated; no gradient, no optimizer state) and call :meth:`FrozenTower.encode`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,8 +44,9 @@ class FrozenTower:
         return cls(graphdef, params, state_shardings(params, mesh, rules), tower.config)
 
     @classmethod
-    def abstract(cls, mesh: Mesh, rules: Rules, config: AudioEncoderConfig = AudioEncoderConfig(),
-                 dtype: str = "bfloat16") -> FrozenTower:
+    def abstract(
+        cls, mesh: Mesh, rules: Rules, config: AudioEncoderConfig = AudioEncoderConfig(), dtype: str = "bfloat16"
+    ) -> FrozenTower:
         """The tower (default: Qwen3-Omni's) with abstract params sharded by ``rules``, as an
         ahead-of-time compile of a step receives it; nothing is allocated."""
         graphdef, params = nnx.split(abstract_tower(config, jnp.dtype(dtype)))
@@ -59,11 +61,14 @@ class FrozenTower:
         """``ConfigError`` unless the tower feeds the model (``model.continuous_dim``) and
         the data's pieces are its attention windows (``data.piece_frames``)."""
         if self.config.output_dim != continuous_dim:
-            raise ConfigError(f"{source} outputs {self.config.output_dim} features but model.continuous_dim is "
-                              f"{continuous_dim}")
+            raise ConfigError(
+                f"{source} outputs {self.config.output_dim} features but model.continuous_dim is {continuous_dim}"
+            )
         if piece_frames != self.config.window_frames:
-            raise ConfigError(f"data.piece_frames={piece_frames} must equal the encoder's attention window of "
-                              f"{source} ({self.config.window_frames} mel frames, n_window_infer)")
+            raise ConfigError(
+                f"data.piece_frames={piece_frames} must equal the encoder's attention window of "
+                f"{source} ({self.config.window_frames} mel frames, n_window_infer)"
+            )
 
     def encode(self, params: nnx.State, pieces: MelPieces) -> Continuous:
         """Encoder features of every piece of a batch (inside a jitted step; ``params`` are
@@ -76,8 +81,12 @@ class FrozenTower:
         tower = nnx.merge(self.graphdef, params)
         windows = pieces.windows(self.config.window_frames)
         rows, slots, frames, bins = windows.shape
-        out, token_lengths = encode(tower, windows.reshape(rows * slots, frames, bins), pieces.lengths.reshape(-1),
-                                    jnp.maximum(pieces.clip_lengths.reshape(-1), 1))
+        out, token_lengths = encode(
+            tower,
+            windows.reshape(rows * slots, frames, bins),
+            pieces.lengths.reshape(-1),
+            jnp.maximum(pieces.clip_lengths.reshape(-1), 1),
+        )
         tokens = out.shape[1]
         valid = jnp.arange(tokens)[None, :] < token_lengths[:, None]  # [rows * slots, tokens]
         out = jnp.where(valid[..., None], out, 0)  # unused slots contribute nothing, not even NaN * 0
@@ -88,4 +97,3 @@ class FrozenTower:
 def mel_bins(tower: FrozenTower | None) -> int:
     """Mel bins of the pieces a model with (or without) ``tower`` takes."""
     return MEL_BINS_WITHOUT_TOWER if tower is None else tower.mel_bins
-

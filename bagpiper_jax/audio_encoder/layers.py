@@ -3,6 +3,7 @@
 Numerics follow PyTorch: LayerNorm eps 1e-5, exact-erf GELU, softmax in float32.
 ``dtype`` is the compute dtype; parameters are cast to it at use.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,18 @@ class Dense(nnx.Module):
     projections keep a heads axis (e.g. ``[d_model] → [heads, head_dim]``).
     """
 
-    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], in_axes: Sequence[str | None],
-                 out_axes: Sequence[str | None], *, use_bias: bool = True, dtype=jnp.float32,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_shape: Sequence[int],
+        in_axes: Sequence[str | None],
+        out_axes: Sequence[str | None],
+        *,
+        use_bias: bool = True,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.in_rank = len(in_shape)
         self.dtype = dtype
         kernel = INIT_STD * jax.random.normal(rngs.params(), (*in_shape, *out_shape), param_dtype)
@@ -67,8 +77,9 @@ class Conv3x3Stride2(nnx.Module):
     kernel ``[3 (time), 3 (freq), in, out]``, bias ``[out]``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, dtype=jnp.float32,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self, in_channels: int, out_channels: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs
+    ):
         self.dtype = dtype
         kernel = INIT_STD * jax.random.normal(rngs.params(), (3, 3, in_channels, out_channels), param_dtype)
         self.kernel = param(kernel, (None, None, "conv_in", "conv_out"))
@@ -76,8 +87,12 @@ class Conv3x3Stride2(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), self.kernel[...].astype(self.dtype), window_strides=(2, 2),
-            padding=((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            x.astype(self.dtype),
+            self.kernel[...].astype(self.dtype),
+            window_strides=(2, 2),
+            padding=((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
         return y + self.bias[...].astype(self.dtype)
 
 
@@ -89,10 +104,13 @@ class EncoderLayer(nnx.Module):
     Only the attention itself is padded to whole windows.
     """
 
-    def __init__(self, config: AudioEncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
-        d, heads, head_dim, ffn = (config.d_model, config.encoder_attention_heads, config.head_dim,
-                                   config.encoder_ffn_dim)
+    def __init__(self, config: AudioEncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        d, heads, head_dim, ffn = (
+            config.d_model,
+            config.encoder_attention_heads,
+            config.head_dim,
+            config.encoder_ffn_dim,
+        )
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.window = config.window_tokens
         self.self_attn_layer_norm = LayerNorm(d, dtype=dtype, param_dtype=param_dtype)

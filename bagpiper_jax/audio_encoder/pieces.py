@@ -9,6 +9,7 @@ where the piece starts in that stream, its length, the length of the clip it was
 (the tower treats a short last piece as part of its clip) and the row frame where its
 encoder tokens go.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,17 +40,27 @@ class MelPieces:
 
     # Logical axis names of each field (rows are split like the batch, the rest whole).
     AXES: ClassVar[dict[str, tuple]] = {
-        "mel": ("activation_batch", None, None), "offset": ("activation_batch", None),
-        "lengths": ("activation_batch", None), "clip_lengths": ("activation_batch", None),
-        "start": ("activation_batch", None)}
+        "mel": ("activation_batch", None, None),
+        "offset": ("activation_batch", None),
+        "lengths": ("activation_batch", None),
+        "clip_lengths": ("activation_batch", None),
+        "start": ("activation_batch", None),
+    }
 
     @classmethod
     def abstract(cls, rows: int, mel_frames: int, pieces: int, mel_bins: int) -> MelPieces:
         """Shapes and dtypes only (``jax.ShapeDtypeStruct`` leaves)."""
+
         def spec(*shape, dtype=jnp.int32):
             return jax.ShapeDtypeStruct(shape, dtype)
-        return cls(spec(rows, mel_frames, mel_bins, dtype=jnp.float32), spec(rows, pieces), spec(rows, pieces),
-                   spec(rows, pieces), spec(rows, pieces))
+
+        return cls(
+            spec(rows, mel_frames, mel_bins, dtype=jnp.float32),
+            spec(rows, pieces),
+            spec(rows, pieces),
+            spec(rows, pieces),
+            spec(rows, pieces),
+        )
 
     @classmethod
     def empty(cls, rows: int, mel_bins: int) -> MelPieces:

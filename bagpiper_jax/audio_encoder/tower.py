@@ -25,6 +25,7 @@ a clip with longer ones HF's output depends on the batch-mates; ours never does.
 same reason a row that is a window of a longer clip needs that clip's length in
 ``clip_lengths`` when the row itself is shorter than 100 frames.
 """
+
 from __future__ import annotations
 
 import functools
@@ -65,8 +66,7 @@ class AudioTower(nnx.Module):
       param_dtype: dtype of the parameters.
     """
 
-    def __init__(self, config: AudioEncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(self, config: AudioEncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
         self.dtype = dtype
         d, channels = config.d_model, config.downsample_hidden_size
@@ -74,8 +74,7 @@ class AudioTower(nnx.Module):
         self.conv2d1 = Conv3x3Stride2(1, channels, **kw)
         self.conv2d2 = Conv3x3Stride2(channels, channels, **kw)
         self.conv2d3 = Conv3x3Stride2(channels, channels, **kw)
-        self.conv_out = Dense((channels * config.conv_freq_bins,), (d,), ("conv_in",), ("embed",),
-                              use_bias=False, **kw)
+        self.conv_out = Dense((channels * config.conv_freq_bins,), (d,), ("conv_in",), ("embed",), use_bias=False, **kw)
 
         @nnx.split_rngs(splits=config.encoder_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -111,8 +110,9 @@ class AudioTower(nnx.Module):
         x = self.conv_out(x) + sinusoid_positions(cfg.tokens_per_chunk, cfg.d_model).astype(self.dtype)
         return x.reshape(batch, chunks * cfg.tokens_per_chunk, cfg.d_model)
 
-    def __call__(self, features: jax.Array, lengths: jax.Array,
-                 clip_lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self, features: jax.Array, lengths: jax.Array, clip_lengths: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """Encodes a right-padded batch of log-mel clips.
 
         Args:
@@ -125,7 +125,7 @@ class AudioTower(nnx.Module):
           past each clip's tokens; token_lengths: int32 ``[batch]`` (docs/audio_encoder.md formula).
         """
         cfg = self.config
-        batch, frames, _ = features.shape
+        frames = features.shape[1]
         chunks = -(-frames // cfg.chunk_frames)
         lengths = jnp.minimum(jnp.asarray(lengths, jnp.int32), frames)
         clip_lengths = lengths if clip_lengths is None else jnp.asarray(clip_lengths, jnp.int32)
@@ -158,8 +158,9 @@ def tower_from_params(config: AudioEncoderConfig, params: dict, dtype=jnp.float3
     return nnx.merge(graphdef, state)
 
 
-def encode(tower: AudioTower, features: jax.Array, lengths: jax.Array,
-           clip_lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def encode(
+    tower: AudioTower, features: jax.Array, lengths: jax.Array, clip_lengths: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """The frozen encoder inside a train step: ``tower(features, lengths, clip_lengths)``
     with the outputs under ``stop_gradient``, so no gradient reaches (or is computed for)
     the tower.

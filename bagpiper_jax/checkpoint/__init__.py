@@ -12,6 +12,7 @@
   any checkpoint);
 - :mod:`~.run`: a training run's checkpoints (train state, data iterator, metadata).
 """
+
 from bagpiper_jax.checkpoint.errors import CheckpointError
 
 __all__ = ["CheckpointError"]

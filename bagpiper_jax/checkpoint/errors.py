@@ -1,4 +1,5 @@
 """The error of the checkpoint layer."""
+
 from bagpiper_jax.errors import BagpiperError
 
 

@@ -6,6 +6,7 @@ nested dict in the layout of :class:`~bagpiper_jax.audio_encoder.tower.AudioTowe
 (float32). ``bagpiper-convert hf-xcodec`` / ``hf-audio-encoder`` write them; the run
 config names them in ``assets.codec`` / ``assets.audio_encoder``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,8 +60,9 @@ def load_tower_config(directory: str | Path) -> AudioEncoderConfig:
     return _module_config(AudioEncoderConfig, directory, "audio_encoder")
 
 
-def load_tower(directory: str | Path, dtype=jnp.float32, mesh: Mesh | None = None,
-               rules: Rules | None = None) -> AudioTower:
+def load_tower(
+    directory: str | Path, dtype=jnp.float32, mesh: Mesh | None = None, rules: Rules | None = None
+) -> AudioTower:
     """Restores an :class:`AudioTower` computing in ``dtype``; with ``mesh`` and ``rules``
     the parameters land sharded by their logical axes, otherwise on the default device."""
     config = load_tower_config(directory)

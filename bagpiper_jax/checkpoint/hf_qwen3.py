@@ -11,6 +11,7 @@ initialisation (stream embeddings start at zero).
 The layout tables (``LAYER_PARAMS``, :func:`backbone_entries`) work both ways and are
 shared with the reference PyTorch layout (:mod:`bagpiper_jax.convert.torch_layout`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,8 +53,11 @@ def layer_key(i: int, layout: Layout) -> str:
 
 def backbone_entries(cfg: ModelConfig) -> list[Entry]:
     """The decoder layers (layer by layer, param by param) and the final norm, HF-named."""
-    entries = [Entry(layer_key(i, layout), "decoder.blocks." + path, layout, i)
-               for path, layout in LAYER_PARAMS.items() for i in range(cfg.layers)]
+    entries = [
+        Entry(layer_key(i, layout), "decoder.blocks." + path, layout, i)
+        for path, layout in LAYER_PARAMS.items()
+        for i in range(cfg.layers)
+    ]
     return entries + [Entry(FINAL_NORM.key, "final_norm.scale", FINAL_NORM)]
 
 
@@ -62,8 +66,10 @@ def read_hf_config(hf_dir: str | Path) -> dict:
     path = Path(hf_dir) / "config.json"
     hf = read_json_file(path, f"an HF model config ({hf_dir})", CheckpointError)
     if hf.get("model_type") != "qwen3":
-        raise CheckpointError(f"{path} has model_type {hf.get('model_type')!r}; expected 'qwen3' "
-                              f"(architectures: {hf.get('architectures')})")
+        raise CheckpointError(
+            f"{path} has model_type {hf.get('model_type')!r}; expected 'qwen3' "
+            f"(architectures: {hf.get('architectures')})"
+        )
     return hf
 
 
@@ -95,14 +101,18 @@ def _hf_dims(hf: dict) -> dict:
 
 def check_config_matches(cfg: ModelConfig, hf: dict, hf_dir: str | Path = "") -> None:
     """Raises ``ConfigError`` naming every model field that differs from the HF config."""
-    wrong = [f"model.{k}={getattr(cfg, k)} but {hf_dir}/config.json gives {v}"
-             for k, v in _hf_dims(hf).items() if getattr(cfg, k) != v]
+    wrong = [
+        f"model.{k}={getattr(cfg, k)} but {hf_dir}/config.json gives {v}"
+        for k, v in _hf_dims(hf).items()
+        if getattr(cfg, k) != v
+    ]
     if wrong:
         raise ConfigError("config does not match the HF checkpoint: " + "; ".join(wrong))
 
 
-def _extended_rows(vocab: Vocab, hf_rows: np.ndarray, std: float, seed: int, table: int,
-                   index: tuple[slice, slice], transpose: bool) -> np.ndarray:
+def _extended_rows(
+    vocab: Vocab, hf_rows: np.ndarray, std: float, seed: int, table: int, index: tuple[slice, slice], transpose: bool
+) -> np.ndarray:
     """A slice of an extended ``[vocab, hidden]`` table (of its transpose if ``transpose``)."""
     rows, cols = (index[1], index[0]) if transpose else index
     start, stop, _ = rows.indices(vocab.size)
@@ -110,14 +120,22 @@ def _extended_rows(vocab: Vocab, hf_rows: np.ndarray, std: float, seed: int, tab
     out = np.empty((stop - start, len(range(dim)[cols])), np.float32)
     lo = min(max(start, vocab.text_offset), stop)
     hi = max(min(stop, vocab.text_offset + vocab.text_size), lo)
-    out[lo - start:hi - start] = hf_rows[lo - vocab.text_offset:hi - vocab.text_offset, cols]
+    out[lo - start : hi - start] = hf_rows[lo - vocab.text_offset : hi - vocab.text_offset, cols]
     for r in [*range(start, lo), *range(hi, stop)]:  # seeded per (table, row): same on any mesh
         out[r - start] = np.random.default_rng([seed, table, r]).normal(0.0, std, dim)[cols]
     return out.T if transpose else out
 
 
-def load_hf_qwen3(hf_dir: str | Path, cfg: ModelConfig, runtime: RuntimeConfig, mesh: Mesh, rules: Rules,
-                  seed: int = 0, progress: Callable[[int], None] = lambda n: None, lazy: bool = False):
+def load_hf_qwen3(
+    hf_dir: str | Path,
+    cfg: ModelConfig,
+    runtime: RuntimeConfig,
+    mesh: Mesh,
+    rules: Rules,
+    seed: int = 0,
+    progress: Callable[[int], None] = lambda n: None,
+    lazy: bool = False,
+):
     """Bagpiper params from an HF Qwen3 directory, sharded on ``mesh``.
 
     Returns ``(graphdef, state, shardings)`` like :func:`bagpiper_jax.model.init_model`;
@@ -144,11 +162,17 @@ def load_hf_qwen3(hf_dir: str | Path, cfg: ModelConfig, runtime: RuntimeConfig, 
     for table, (path, key) in enumerate((("embed", embed_key), ("lm_head", head_key))):
         # the table is mapped per shard read, so nothing stays mapped between params
         params[path] = sharded_array(
-            leaf_at(abstract, path), leaf_at(shardings, path),
+            leaf_at(abstract, path),
+            leaf_at(shardings, path),
             lambda idx, key=key, table=table: _read_released(
-                reader, lambda: _extended_rows(vocab, reader.view(key, table_shape), cfg.init_std, seed, table,
-                                               idx, table == 1)),
-            lazy, lambda: progress(1))
+                reader,
+                lambda: _extended_rows(
+                    vocab, reader.view(key, table_shape), cfg.init_std, seed, table, idx, table == 1
+                ),
+            ),
+            lazy,
+            lambda: progress(1),
+        )
     state = fill_state(cfg, runtime, rules, mesh, shardings, params, seed)
     return graphdef, state, shardings
 
@@ -164,13 +188,23 @@ def hf_config_dict(cfg: ModelConfig, dtype: str = "float32", max_positions: int 
     """An HF ``config.json`` (Qwen3ForCausalLM) for the backbone of ``cfg`` with the text
     vocabulary only; the inverse of :func:`model_config_from_hf`."""
     return {
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
-        "vocab_size": cfg.text_vocab_size, "hidden_size": cfg.hidden, "num_hidden_layers": cfg.layers,
-        "num_attention_heads": cfg.heads, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
-        "intermediate_size": cfg.mlp, "hidden_act": "silu", "rms_norm_eps": cfg.rms_eps,
-        "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "max_position_embeddings": max_positions, "attention_bias": False, "attention_dropout": 0.0,
-        "tie_word_embeddings": False, "use_cache": True, "dtype": dtype,
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "vocab_size": cfg.text_vocab_size,
+        "hidden_size": cfg.hidden,
+        "num_hidden_layers": cfg.layers,
+        "num_attention_heads": cfg.heads,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "intermediate_size": cfg.mlp,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.rms_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "max_position_embeddings": max_positions,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": False,
+        "use_cache": True,
+        "dtype": dtype,
     }
-
-

@@ -7,9 +7,11 @@ of one tensor at a time, and a pod's hosts each read only their own shards. With
 the params are :class:`~bagpiper_jax.checkpoint.lazy_save.LazyArray` s, each read block by
 block only when ``lazy_save`` writes it (conversion never holds the whole model).
 """
+
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable
 
 import jax
@@ -48,15 +50,17 @@ class Layout:
         split = self.split_shape(ours)
         groups = self.groups or (1,) * len(split)
         bounds = np.cumsum((0,) + groups)
-        return tuple(int(np.prod(split[a:b])) for a, b in zip(bounds[:-1], bounds[1:]))
+        return tuple(int(np.prod(split[a:b])) for a, b in itertools.pairwise(bounds))
 
     def to_ours(self, tensor: np.ndarray, ours: tuple[int, ...], key: str, source: object) -> np.ndarray:
         """View of ``tensor`` (stored under ``key`` in ``source``) in our layout of shape ``ours``;
         ``CheckpointError`` naming the key when its shape does not fit."""
         expected = self.torch_shape(ours)
         if tuple(tensor.shape) != expected:
-            raise CheckpointError(f"tensor {key!r} in {source} has shape {tuple(tensor.shape)}, which does not fit "
-                                  f"the configured layout: expected {expected}")
+            raise CheckpointError(
+                f"tensor {key!r} in {source} has shape {tuple(tensor.shape)}, which does not fit "
+                f"the configured layout: expected {expected}"
+            )
         split = tensor.reshape(self.split_shape(ours))
         return split if self.perm is None else split.transpose(self.perm)
 
@@ -87,8 +91,13 @@ class Entry:
         return tensor if self.rows is None else tensor[self.rows]
 
 
-def sharded_array(abstract: jax.ShapeDtypeStruct, sharding, read: Callable[[tuple], np.ndarray],
-                  lazy: bool = False, done: Callable[[], None] = lambda: None) -> jax.Array | LazyArray:
+def sharded_array(
+    abstract: jax.ShapeDtypeStruct,
+    sharding,
+    read: Callable[[tuple], np.ndarray],
+    lazy: bool = False,
+    done: Callable[[], None] = lambda: None,
+) -> jax.Array | LazyArray:
     """A global array of ``abstract``'s shape and dtype whose device shards each come from
     ``read(index)`` (only that slice is read: one shard of one tensor in host memory at a time).
     ``read`` returns a fresh array (never a view of a memory map, which jax might alias).
@@ -107,8 +116,14 @@ def stacked_reader(views: list[np.ndarray]) -> Callable[[tuple], np.ndarray]:
     return lambda idx: np.stack([views[i][idx[1:]] for i in range(len(views))[idx[0]]])
 
 
-def read_entries(reader: TensorReader, entries: list[Entry], abstract: nnx.State, shardings: nnx.State,
-                 progress: Callable[[int], None] = lambda n: None, lazy: bool = False) -> dict[str, jax.Array]:
+def read_entries(
+    reader: TensorReader,
+    entries: list[Entry],
+    abstract: nnx.State,
+    shardings: nnx.State,
+    progress: Callable[[int], None] = lambda n: None,
+    lazy: bool = False,
+) -> dict[str, jax.Array]:
     """Our params named by ``entries`` (dotted path -> sharded array) from the tensors of
     ``reader``; every tensor is checked (an error naming its key) before any is read.
     ``progress`` is called with the number of tensors of each param read. ``lazy``: the
@@ -136,17 +151,29 @@ def read_entries(reader: TensorReader, entries: list[Entry], abstract: nnx.State
             del tensors
             reader.release()
             return block
+
         return read
 
     def done(path: str) -> None:
         progress(len(groups[path]))
-    return {path: sharded_array(leaf_at(abstract, path), leaf_at(shardings, path), open_param(path), lazy,
-                                lambda p=path: done(p))
-            for path in groups}
+
+    return {
+        path: sharded_array(
+            leaf_at(abstract, path), leaf_at(shardings, path), open_param(path), lazy, lambda p=path: done(p)
+        )
+        for path in groups
+    }
 
 
-def fill_state(cfg: ModelConfig, runtime: RuntimeConfig, rules: Rules, mesh: Mesh, shardings: nnx.State,
-               loaded: dict[str, jax.Array], seed: int = 0) -> nnx.State:
+def fill_state(
+    cfg: ModelConfig,
+    runtime: RuntimeConfig,
+    rules: Rules,
+    mesh: Mesh,
+    shardings: nnx.State,
+    loaded: dict[str, jax.Array],
+    seed: int = 0,
+) -> nnx.State:
     """The model state with ``loaded`` params (dotted path -> array) and the rest randomly
     initialised (only the rest is computed: XLA drops the unused random draws)."""
     flat_shardings = dict(nnx.to_flat_state(shardings))

@@ -21,6 +21,7 @@ With several JAX processes each param is built as a ``jax.Array`` and saved by
 untested Orbax series) every param is built whole and saved with ``StandardSave``: the
 same files, with the whole model in memory.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -51,8 +52,14 @@ class LazyArray:
       done: called when the param has been written (e.g. to unmap its source, count it).
     """
 
-    def __init__(self, shape: tuple[int, ...], dtype, sharding: jax.sharding.Sharding,
-                 open: Callable[[], Callable[[tuple], np.ndarray]], done: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        dtype,
+        sharding: jax.sharding.Sharding,
+        open: Callable[[], Callable[[tuple], np.ndarray]],
+        done: Callable[[], None] = lambda: None,
+    ):
         self.shape, self.dtype, self.sharding = tuple(shape), np.dtype(dtype), sharding
         self._open, self._done = open, done
 
@@ -71,8 +78,7 @@ class LazyArray:
     def make(self) -> jax.Array:
         """The whole ``jax.Array`` (each device shard read by itself)."""
         read = self._open()
-        array = jax.make_array_from_callback(self.shape, self.sharding,
-                                             lambda index: self._checked(read(index), index))
+        array = jax.make_array_from_callback(self.shape, self.sharding, lambda index: self._checked(read(index), index))
         self._done()
         return array
 
@@ -94,8 +100,7 @@ class _LazyArrayHandler(type_handlers.ArrayHandler):
     """Writes :class:`LazyArray` leaves as ``ArrayHandler`` writes ``jax.Array`` s (same
     typestr, specs and metadata files), one param at a time, chunk by chunk."""
 
-    async def serialize(self, values: Sequence[LazyArray], infos: Sequence[Any],
-                        args: Sequence[Any] | None = None):
+    async def serialize(self, values: Sequence[LazyArray], infos: Sequence[Any], args: Sequence[Any] | None = None):
         args = args or [ocp.SaveArgs()] * len(values)
         if jax.process_count() > 1:  # each process writes its own shards: let ArrayHandler do it
             for value, info, arg in zip(values, infos, args):
@@ -108,10 +113,15 @@ class _LazyArrayHandler(type_handlers.ArrayHandler):
         for value, info, arg in zip(values, infos, args):
             await info.await_path_creation()
             spec = ORBAX_WRITER.build_array_write_spec(
-                info, arg, global_shape=value.shape, local_shape=value.sharding.shard_shape(value.shape),
-                dtype=value.dtype, use_ocdbt=info.is_ocdbt_checkpoint,
+                info,
+                arg,
+                global_shape=value.shape,
+                local_shape=value.sharding.shard_shape(value.shape),
+                dtype=value.dtype,
+                use_ocdbt=info.is_ocdbt_checkpoint,
                 process_index=ORBAX_WRITER.subdir_process_index(info.is_ocdbt_checkpoint),
-                metadata_key=self._metadata_key)
+                metadata_key=self._metadata_key,
+            )
             store = await ts.open(ts.Spec(spec.json), create=True, open=True, context=info.ts_context)
             pending = []
             for index, block in value.read_blocks(store.chunk_layout.write_chunk.shape):
@@ -124,11 +134,13 @@ class _LazyArrayHandler(type_handlers.ArrayHandler):
             value.done()
             metadatas.append(spec.metadata)
         if self._array_metadata_store is not None:
-            await self._array_metadata_store.write(checkpoint_dir=infos[0].parent_dir, array_metadatas=metadatas,
-                                                   process_index=ORBAX_WRITER.process_index())
+            await self._array_metadata_store.write(
+                checkpoint_dir=infos[0].parent_dir,
+                array_metadatas=metadatas,
+                process_index=ORBAX_WRITER.process_index(),
+            )
         if self._enable_write_sharding_file:
-            await ORBAX_WRITER.serialize_shardings(
-                [v.sharding for v in values], infos, primary_host=self._primary_host)
+            await ORBAX_WRITER.serialize_shardings([v.sharding for v in values], infos, primary_host=self._primary_host)
         return []
 
 
@@ -146,9 +158,9 @@ def save_pytree(directory: str | Path, tree: Any) -> None:
     registry = ORBAX_WRITER.create_registry(*ORBAX_WRITER.default_handlers, lazy)
     # A bounded write limit also keeps Orbax from staging a jax.Array leaf's whole OCDBT write
     # in one in-memory transaction (it uses one only when writes are unlimited).
-    handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=max(1, math.ceil(max(sizes, default=1) / 1e9)),
-                                          type_handler_registry=registry)
+    handler = ocp.PyTreeCheckpointHandler(
+        save_concurrent_gb=max(1, math.ceil(max(sizes, default=1) / 1e9)), type_handler_registry=registry
+    )
     save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES), tree)
     with ocp.Checkpointer(handler) as ckptr:
         ckptr.save(directory, args=ocp.args.PyTreeSave(tree, save_args=save_args), force=True)
-

@@ -16,6 +16,7 @@ fsdp=4, one device, ...). :class:`ParamsSource` reads the params of a model chec
 of a training run's checkpoint (partial restore: no optimizer state), one param at a time
 onto the host (export) or all at once onto a mesh.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,8 +64,9 @@ def load_frozen_modules(codec_dir: str | Path | None, encoder_dir: str | Path | 
     return modules
 
 
-def save_model_checkpoint(directory: str | Path, cfg: Config, params: nnx.State, modules: FrozenModules,
-                          source: str, step: int = 0) -> Path:
+def save_model_checkpoint(
+    directory: str | Path, cfg: Config, params: nnx.State, modules: FrozenModules, source: str, step: int = 0
+) -> Path:
     """Writes a model checkpoint: ``params`` (the sharded transformer state; leaves may be
     ``lazy_save.LazyArray`` s, each built only when it is written), the resolved ``cfg``
     and the frozen modules present in ``modules``."""
@@ -84,8 +86,11 @@ def is_model_checkpoint(directory: str | Path) -> bool:
 
 def check_model_matches(cfg: ModelConfig, stored: ModelConfig, source: str | Path) -> None:
     """Raises ``ConfigError`` naming every architecture field that differs."""
-    wrong = [f"model.{f.name}={getattr(cfg, f.name)} but {source} has {getattr(stored, f.name)}"
-             for f in dataclasses.fields(ModelConfig) if getattr(cfg, f.name) != getattr(stored, f.name)]
+    wrong = [
+        f"model.{f.name}={getattr(cfg, f.name)} but {source} has {getattr(stored, f.name)}"
+        for f in dataclasses.fields(ModelConfig)
+        if getattr(cfg, f.name) != getattr(stored, f.name)
+    ]
     if wrong:
         raise ConfigError("config does not match the checkpoint: " + "; ".join(wrong))
 
@@ -138,8 +143,10 @@ class ParamsSource:
             meta = json.loads((path / "meta" / "metadata").read_text())
             self.config, self.step, step_dir = self._config(meta["config"], path / "meta"), meta["step"], path
         else:
-            raise CheckpointError(f"{path} is neither a model checkpoint (a params directory of kind 'model'), "
-                                  f"a run directory (holding {RUN_CONFIG}) nor one step of a run (state/, meta/)")
+            raise CheckpointError(
+                f"{path} is neither a model checkpoint (a params directory of kind 'model'), "
+                f"a run directory (holding {RUN_CONFIG}) nor one step of a run (state/, meta/)"
+            )
         self._item, self._prefix = step_dir / "state", ("params",)
         self.codec_dir = self._configured_dir(self.config.assets.codec, "assets.codec", path)
         self.encoder_dir = self._configured_dir(self.config.assets.audio_encoder, "assets.audio_encoder", path)
@@ -157,8 +164,10 @@ class ParamsSource:
             tree = ckptr.metadata(self._item).item_metadata.tree
         for key in self._prefix:
             tree = tree[key]
-        self.params = {".".join(k.key for k in keys[:-1]): (tuple(meta.shape), np.dtype(meta.dtype))
-                       for keys, meta in jax.tree_util.tree_flatten_with_path(tree)[0]}  # keys end in "value"
+        self.params = {
+            ".".join(k.key for k in keys[:-1]): (tuple(meta.shape), np.dtype(meta.dtype))
+            for keys, meta in jax.tree_util.tree_flatten_with_path(tree)[0]
+        }  # keys end in "value"
 
     @staticmethod
     def _run_step(directory: epath.Path, step: int | None) -> int:
@@ -185,8 +194,12 @@ class ParamsSource:
         for key in reversed(self._prefix):
             tree = {key: tree}
         with ocp.PyTreeCheckpointer() as ckptr:
-            restored = ckptr.restore(self._item, args=ocp.args.PyTreeRestore(
-                item=tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree), partial_restore=True))
+            restored = ckptr.restore(
+                self._item,
+                args=ocp.args.PyTreeRestore(
+                    item=tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree), partial_restore=True
+                ),
+            )
         for key in self._prefix:
             restored = restored[key]
         return graphdef, restored
@@ -196,8 +209,10 @@ class ParamsSource:
         if not value:
             return None
         if not Path(value).is_dir():
-            raise CheckpointError(f"{field}={value!r} (config of {run_dir}) does not exist; run from the "
-                                  f"directory the run was started in, or convert without it")
+            raise CheckpointError(
+                f"{field}={value!r} (config of {run_dir}) does not exist; run from the "
+                f"directory the run was started in, or convert without it"
+            )
         return Path(value)
 
     def read(self, dotted: str) -> np.ndarray:
@@ -208,8 +223,9 @@ class ParamsSource:
         for key in reversed(path):
             item, args = {key: item}, {key: args}
         with ocp.PyTreeCheckpointer() as ckptr:
-            restored = ckptr.restore(self._item, args=ocp.args.PyTreeRestore(item=item, restore_args=args,
-                                                                             partial_restore=True))
+            restored = ckptr.restore(
+                self._item, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
+            )
         for key in path:
             restored = restored[key]
         return restored

@@ -12,6 +12,7 @@ before this format are read too: a codec's ``{"format": "bagpiper-xcodec", "xcod
 ...}``, an audio tower's bare config fields, and a model checkpoint's ``{"format":
 "bagpiper-model", ...}`` with its config in ``config_resolved.json``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,9 +28,12 @@ from bagpiper_jax.config import read_json_file
 
 FORMAT = "bagpiper-params"
 KINDS = ("xcodec", "audio_encoder", "model")
-_CONVERT_HINT = {"xcodec": "bagpiper-convert hf-xcodec", "qwen3_omni_moe": "bagpiper-convert hf-audio-encoder",
-                 "qwen3_omni_moe_audio_encoder": "bagpiper-convert hf-audio-encoder",
-                 "qwen3": "bagpiper-convert hf-qwen3"}
+_CONVERT_HINT = {
+    "xcodec": "bagpiper-convert hf-xcodec",
+    "qwen3_omni_moe": "bagpiper-convert hf-audio-encoder",
+    "qwen3_omni_moe_audio_encoder": "bagpiper-convert hf-audio-encoder",
+    "qwen3": "bagpiper-convert hf-qwen3",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +71,11 @@ def read_info(directory: str | Path, kind: str | None = None) -> ParamsInfo:
     path = directory / "config.json"
     body = read_json_file(path, "a params directory's config.json (bagpiper-convert output)", CheckpointError)
     if body.get("format") == FORMAT:
-        info = ParamsInfo(body.get("kind"), body.get("config"), {k: v for k, v in body.items()
-                                                                 if k not in ("format", "kind", "config")})
+        info = ParamsInfo(
+            body.get("kind"),
+            body.get("config"),
+            {k: v for k, v in body.items() if k not in ("format", "kind", "config")},
+        )
         if info.kind not in KINDS or not isinstance(info.config, dict):
             raise CheckpointError(f"{path}: 'kind' must be one of {KINDS} and 'config' an object")
     else:
@@ -83,14 +90,17 @@ def _legacy_info(directory: Path, body: dict) -> ParamsInfo:
     if body.get("format") == "bagpiper-xcodec" and isinstance(body.get("xcodec"), dict):
         return ParamsInfo("xcodec", body["xcodec"], {})
     if body.get("format") == "bagpiper-model":
-        config = read_json_file(directory / "config_resolved.json", "the model checkpoint's run config",
-                                CheckpointError)
+        config = read_json_file(
+            directory / "config_resolved.json", "the model checkpoint's run config", CheckpointError
+        )
         return ParamsInfo("model", config, {k: v for k, v in body.items() if k != "format"})
     if "format" not in body and "d_model" in body and "model_type" not in body:
         return ParamsInfo("audio_encoder", body, {})
     hint = _CONVERT_HINT.get(body.get("model_type"))
-    raise CheckpointError(f"{path} is not a bagpiper params config"
-                          + (f" (it looks like an HF directory: convert it with `{hint}`)" if hint else ""))
+    raise CheckpointError(
+        f"{path} is not a bagpiper params config"
+        + (f" (it looks like an HF directory: convert it with `{hint}`)" if hint else "")
+    )
 
 
 def is_params_dir(directory: str | Path, kind: str) -> bool:

@@ -3,9 +3,10 @@
 ``<checkpoint_dir>/<step>/`` (by default ``<run_dir>/checkpoints``; a ``gs://`` URL is
 written by Orbax directly) holds three items:
 
-- ``state``: the train state (:class:`~bagpiper_jax.train.state.TrainState`) (params, optimizer state, step), written by every
-  process for its shards; restored onto whatever mesh the targets' shardings describe, so
-  a run can resume on a different mesh shape or device count;
+- ``state``: the train state (params, optimizer state, step; see
+  :class:`~bagpiper_jax.train.state.TrainState`), written by every process for its
+  shards; restored onto whatever mesh the targets' shardings describe, so a run can
+  resume on a different mesh shape or device count;
 - ``data``: each process's Grain iterator state (one file per process);
 - ``meta``: the resolved config, step, frames seen and library version (JSON).
 
@@ -13,6 +14,7 @@ Saves are asynchronous. Orbax writes into a temporary directory and renames it w
 save is complete, so a save interrupted mid-write is never listed; ``latest_step`` is the
 last complete one.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,12 +39,16 @@ class RunCheckpoints:
         """``directory``: the checkpoint directory (local path or a URL such as ``gs://b/run``)."""
         directory = str(directory)
         self.directory = epath.Path(directory if "://" in directory else Path(directory).absolute())
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                               create=True)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
-                           "meta": ocp.JsonCheckpointHandler()})
+            self.directory,
+            options=options,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -50,16 +56,27 @@ class RunCheckpoints:
     def save(self, step: int, state, data_iterator, cfg: Config, frames_seen: int, force: bool = False) -> bool:
         """Saves ``state`` (the train state pytree), the iterator's state and the metadata (async)."""
         meta = {"step": step, "frames_seen": frames_seen, "version": __version__, "config": to_dict(cfg)}
-        return self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
-            meta=ocp.args.JsonSave(meta)), force=force)
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=force,
+        )
 
     def restore(self, step: int, target, data_iterator) -> tuple[object, dict]:
         """Restores ``target`` (abstract arrays with the shardings wanted now) and sets the
         iterator's state in place; returns the state and the metadata."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iterator),
-            meta=ocp.args.JsonRestore()))
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target),
+                data=grain.checkpoint.CheckpointRestore(data_iterator),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
         return restored["state"], restored["meta"]
 
     def all_steps(self) -> list[int]:

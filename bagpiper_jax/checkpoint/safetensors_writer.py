@@ -7,6 +7,7 @@ split into ``model-0000i-of-0000N.safetensors`` files with a
 ``model.safetensors.index.json`` (the HF layout, read by :class:`TensorReader` and
 ``transformers``); a tensor larger than the threshold gets a file of its own.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,17 +57,25 @@ def _header(specs: list[TensorSpec], metadata: dict[str, str]) -> bytes:
     for spec in specs:
         if np.dtype(spec.dtype) not in _DTYPE_NAMES:
             raise CheckpointError(f"tensor {spec.name!r}: dtype {spec.dtype} cannot be stored in safetensors")
-        entries[spec.name] = {"dtype": _DTYPE_NAMES[np.dtype(spec.dtype)], "shape": list(spec.shape),
-                              "data_offsets": [offset, offset + spec.nbytes]}
+        entries[spec.name] = {
+            "dtype": _DTYPE_NAMES[np.dtype(spec.dtype)],
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
         offset += spec.nbytes
     raw = json.dumps(entries, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
     return len(raw).to_bytes(8, "little") + raw
 
 
-def write_safetensors(out: str | Path, specs: list[TensorSpec], tensors: Iterable[tuple[str, np.ndarray]],
-                      max_shard_size: int | None = None, metadata: dict[str, str] | None = None,
-                      progress: Callable[[int], None] = lambda nbytes: None) -> list[Path]:
+def write_safetensors(
+    out: str | Path,
+    specs: list[TensorSpec],
+    tensors: Iterable[tuple[str, np.ndarray]],
+    max_shard_size: int | None = None,
+    metadata: dict[str, str] | None = None,
+    progress: Callable[[int], None] = lambda nbytes: None,
+) -> list[Path]:
     """Writes the tensors of ``specs`` as they come from ``tensors`` (same order).
 
     Args:
@@ -86,8 +95,11 @@ def write_safetensors(out: str | Path, specs: list[TensorSpec], tensors: Iterabl
     else:
         out.mkdir(parents=True, exist_ok=True)
         shards = plan_shards(specs, max_shard_size)
-        names = ([SINGLE] if len(shards) == 1 else
-                 [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+        names = (
+            [SINGLE]
+            if len(shards) == 1
+            else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        )
     source: Iterator = iter(tensors)
     files = []
     for shard, name in zip(shards, names):
@@ -102,8 +114,9 @@ def write_safetensors(out: str | Path, specs: list[TensorSpec], tensors: Iterabl
         raise CheckpointError(f"more tensors were produced than planned for {out}")
     if len(shards) > 1:
         weight_map = {spec.name: name for shard, name in zip(shards, names) for spec in shard}
-        (out / INDEX).write_text(json.dumps({"metadata": {"total_size": sum(s.nbytes for s in specs)},
-                                             "weight_map": weight_map}, indent=2))
+        (out / INDEX).write_text(
+            json.dumps({"metadata": {"total_size": sum(s.nbytes for s in specs)}, "weight_map": weight_map}, indent=2)
+        )
         files.append(out / INDEX)
     return files
 
@@ -117,12 +130,14 @@ def _write_tensor(f, spec: TensorSpec, item: tuple[str, np.ndarray] | None, bloc
     dtype = np.dtype(spec.dtype)
     castable = array.dtype == dtype or (_is_float(array.dtype) and _is_float(dtype))
     if name != spec.name or tuple(array.shape) != tuple(spec.shape) or not castable:
-        raise CheckpointError(f"tensor {name!r} {tuple(array.shape)} {array.dtype} does not match the planned "
-                              f"{spec.name!r} {tuple(spec.shape)} {dtype}")
+        raise CheckpointError(
+            f"tensor {name!r} {tuple(array.shape)} {array.dtype} does not match the planned "
+            f"{spec.name!r} {tuple(spec.shape)} {dtype}"
+        )
     rows = array.reshape(1, -1) if array.ndim < 2 else array
     step = max(1, block_bytes // max(1, rows[0].size * dtype.itemsize))
     for start in range(0, len(rows), step):
-        block = np.ascontiguousarray(rows[start:start + step], dtype=dtype)
+        block = np.ascontiguousarray(rows[start : start + step], dtype=dtype)
         f.write(block.reshape(-1).view(np.uint8).data)
 
 

@@ -15,6 +15,7 @@ each block they read: safetensors maps are per view and go with it; for torch fi
 call — they are clean pages of a private file map, so a later read faults them in again
 from the page cache.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -43,8 +44,9 @@ class TensorReader:
         (before stripping), so unrelated weights are never indexed or read.
     """
 
-    def __init__(self, path: str | Path, strip_prefixes: tuple[str, ...] = (),
-                 only_prefixes: tuple[str, ...] | None = None):
+    def __init__(
+        self, path: str | Path, strip_prefixes: tuple[str, ...] = (), only_prefixes: tuple[str, ...] | None = None
+    ):
         self.path = Path(path)
         self._strip = strip_prefixes
         self._only = only_prefixes
@@ -60,8 +62,9 @@ class TensorReader:
                     continue
                 self._where.setdefault(self._rename(stored), (f, stored))
         if not self._where:
-            raise CheckpointError(f"no tensors found in {self.path}"
-                                  + (f" under prefixes {self._only}" if self._only else ""))
+            raise CheckpointError(
+                f"no tensors found in {self.path}" + (f" under prefixes {self._only}" if self._only else "")
+            )
 
     def _weight_files(self) -> list[Path]:
         if self.path.is_file():
@@ -117,7 +120,7 @@ class TensorReader:
     def _rename(self, stored: str) -> str:
         for p in self._strip:
             if stored.startswith(p):
-                return stored[len(p):]
+                return stored[len(p) :]
         return stored
 
     def keys(self) -> list[str]:
@@ -140,8 +143,9 @@ class TensorReader:
                 self._touched[id(tensor)] = tensor
             array = _torch_to_numpy(tensor)
         if shape is not None and tuple(array.shape) != tuple(shape):
-            raise CheckpointError(f"tensor {name!r} in {self.path} has shape {tuple(array.shape)}, "
-                                  f"expected {tuple(shape)}")
+            raise CheckpointError(
+                f"tensor {name!r} in {self.path} has shape {tuple(array.shape)}, expected {tuple(shape)}"
+            )
         return array
 
     def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -157,8 +161,16 @@ def widen(array: np.ndarray) -> np.ndarray:
 
 
 SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
 }
 
 
@@ -183,8 +195,9 @@ def _map_safetensor(f: Path, name: str, header: dict, data_start: int) -> np.nda
     start, end = entry["data_offsets"]
     if end == start:
         return np.zeros(entry["shape"], dtype)
-    return np.memmap(f, dtype=dtype, mode="r", offset=data_start + start,
-                     shape=(end - start) // dtype.itemsize).reshape(entry["shape"])
+    return np.memmap(
+        f, dtype=dtype, mode="r", offset=data_start + start, shape=(end - start) // dtype.itemsize
+    ).reshape(entry["shape"])
 
 
 _MADV_DONTNEED = 4  # Linux
@@ -214,6 +227,7 @@ def _libc():
 
 def _torch():
     import torch  # optional dependency (the `convert` extra), needed only for .pt/.bin files
+
     return torch
 
 

@@ -9,6 +9,7 @@ soxr "VHQ" (band-limited, linear phase), averages the channels to mono unless
 reads such an array and writes a 16 kHz 16-bit PCM wav. ``DIR`` is a codec params
 directory from ``bagpiper-convert hf-xcodec``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,14 @@ def _encode(args) -> None:
     cfg = load_codec_config(args.codec)
     wav = load_audio(args.input, sample_rate=cfg.sample_rate, channel=args.channel)
     if wav.shape[0] < cfg.min_samples:
-        raise AudioError(f"audio file {args.input} has {wav.shape[0]} samples at {cfg.sample_rate} Hz; "
-                         f"at least {cfg.min_samples} are needed for one codec frame")
+        raise AudioError(
+            f"audio file {args.input} has {wav.shape[0]} samples at {cfg.sample_rate} Hz; "
+            f"at least {cfg.min_samples} are needed for one codec frame"
+        )
     num_quantizers = cfg.quantizers_for_bandwidth(args.bandwidth)
     codes = XCodecTokenizer(load_codec(args.codec), batch_size=1).encode([wav], bandwidth=args.bandwidth)[0]
     np.save(args.output, codes)
-    print(f"{args.input}: {wav.shape[0]} samples -> codes {codes.shape} ({num_quantizers} codebooks) "
-          f"in {args.output}")
+    print(f"{args.input}: {wav.shape[0]} samples -> codes {codes.shape} ({num_quantizers} codebooks) in {args.output}")
 
 
 def _decode(args) -> None:
@@ -56,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     enc = sub.add_parser("encode", help="audio file -> codes .npy [frames, num_quantizers]")
     enc.add_argument("--codec", required=True, help="codec params directory")
     enc.add_argument("--channel", type=int, default=None, help="pick this channel (default: average all)")
-    enc.add_argument("--bandwidth", type=float, default=None,
-                     help="kbps, one of the codec's target bandwidths (default: the highest, 8 codebooks)")
+    enc.add_argument(
+        "--bandwidth",
+        type=float,
+        default=None,
+        help="kbps, one of the codec's target bandwidths (default: the highest, 8 codebooks)",
+    )
     enc.add_argument("input")
     enc.add_argument("output")
     enc.set_defaults(run=_encode)

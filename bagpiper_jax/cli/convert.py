@@ -1,5 +1,6 @@
 """``bagpiper-convert``: weight conversions, one subcommand per source format (the
 functions of :mod:`bagpiper_jax.convert.commands`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,36 +32,55 @@ def _register(subparsers) -> None:
     p.set_defaults(body=lambda a: _wrote(commands.convert_hf_xcodec(a.hf, a.out)))
 
     p = subparsers.add_parser(
-        "hf-audio-encoder", help="HF Qwen3-Omni audio tower -> audio encoder params",
+        "hf-audio-encoder",
+        help="HF Qwen3-Omni audio tower -> audio encoder params",
         description="Reads only the audio tower of an HF Qwen3-Omni directory (or a bare "
-                    "Qwen3OmniMoeAudioEncoder directory) and writes an audio encoder params directory.")
+        "Qwen3OmniMoeAudioEncoder directory) and writes an audio encoder params directory.",
+    )
     p.add_argument("--hf", required=True, help="HF Qwen3-Omni directory or bare audio encoder directory")
     p.add_argument("--out", required=True, help="output params directory")
     p.set_defaults(body=_hf_audio_encoder)
 
-    p = subparsers.add_parser("hf-qwen3", help="HF Qwen3 directory -> step-0 Bagpiper model checkpoint",
-                              description=commands.convert_hf_qwen3.__doc__)
+    p = subparsers.add_parser(
+        "hf-qwen3",
+        help="HF Qwen3 directory -> step-0 Bagpiper model checkpoint",
+        description=commands.convert_hf_qwen3.__doc__,
+    )
     p.add_argument("--hf", required=True, help="HF Qwen3 directory (config.json + safetensors)")
     p.add_argument("--config", help="run config (default: dimensions from the HF config, else 8B defaults)")
     p.add_argument("--out", required=True, help="output model checkpoint directory")
     p.set_defaults(body=lambda a: _wrote(commands.convert_hf_qwen3(a.hf, a.out, a.config)))
 
-    p = subparsers.add_parser("to-torch", help="Bagpiper checkpoint -> PyTorch reference layout (safetensors)",
-                              description=commands.to_torch.__doc__)
+    p = subparsers.add_parser(
+        "to-torch",
+        help="Bagpiper checkpoint -> PyTorch reference layout (safetensors)",
+        description=commands.to_torch.__doc__,
+    )
     p.add_argument("--checkpoint", required=True, help="model checkpoint, or run directory (holding checkpoints/)")
     p.add_argument("--step", type=int, help="step of a run directory (default: the latest)")
     p.add_argument("--out", required=True, help="FILE.safetensors, or a directory (sharded above --max-shard-size)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), help="output dtype (default: as stored)")
     default_shard = commands.DEFAULT_MAX_SHARD_SIZE
-    p.add_argument("--max-shard-size", type=commands.parse_size, default=commands.parse_size(default_shard),
-                   help=f"bytes per safetensors shard of a directory output, e.g. 2GB (default {default_shard})")
-    p.add_argument("--hf-text-only", action="store_true",
-                   help="write a plain HF Qwen3 directory: the backbone with the text rows only")
-    p.set_defaults(body=lambda a: _wrote(commands.to_torch(a.checkpoint, a.out, a.step, a.dtype, a.max_shard_size,
-                                                           a.hf_text_only)))
+    p.add_argument(
+        "--max-shard-size",
+        type=commands.parse_size,
+        default=commands.parse_size(default_shard),
+        help=f"bytes per safetensors shard of a directory output, e.g. 2GB (default {default_shard})",
+    )
+    p.add_argument(
+        "--hf-text-only",
+        action="store_true",
+        help="write a plain HF Qwen3 directory: the backbone with the text rows only",
+    )
+    p.set_defaults(
+        body=lambda a: _wrote(commands.to_torch(a.checkpoint, a.out, a.step, a.dtype, a.max_shard_size, a.hf_text_only))
+    )
 
-    p = subparsers.add_parser("from-torch", help="PyTorch reference layout -> Bagpiper model checkpoint",
-                              description=commands.from_torch.__doc__)
+    p = subparsers.add_parser(
+        "from-torch",
+        help="PyTorch reference layout -> Bagpiper model checkpoint",
+        description=commands.from_torch.__doc__,
+    )
     p.add_argument("--torch", required=True, help="safetensors file/directory, or .pt/.bin (weights only)")
     p.add_argument("--config", required=True, help="run config giving the model dimensions")
     p.add_argument("--out", required=True, help="output model checkpoint directory")

@@ -12,6 +12,7 @@ Understanding writes the clip's rich caption and, with ``--question``, the answe
 ``generate.samples`` > 1), 16 kHz 16-bit PCM. Prints one JSON object: texts, output paths
 and timing (decoded frames, decode seconds excluding compilation, frames/s).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,7 @@ def _wav_paths(out: str, samples: int) -> list[Path]:
 
 def _generate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    devices = jax.devices()[:args.devices] if args.devices else None
+    devices = jax.devices()[: args.devices] if args.devices else None
     generator = Generator.from_checkpoint(args.checkpoint, cfg, make_mesh(cfg.mesh, devices))
     result, runs = {}, []
     if args.audio:
@@ -49,11 +50,15 @@ def _generate(args: argparse.Namespace) -> int:
         run = generator.generate([messages], plan, seed=args.seed)
         runs.append(run)
         answers = run.answers[0]
-        result["understanding"] = {"audio": args.audio, "caption": [a.texts()[0] if a.texts() else "" for a in answers],
-                                   "finished": [a.finished for a in answers]}
+        result["understanding"] = {
+            "audio": args.audio,
+            "caption": [a.texts()[0] if a.texts() else "" for a in answers],
+            "finished": [a.finished for a in answers],
+        }
         if args.question:
-            result["understanding"].update(question=args.question,
-                                           answer=[a.texts()[1] if len(a.texts()) > 1 else "" for a in answers])
+            result["understanding"].update(
+                question=args.question, answer=[a.texts()[1] if len(a.texts()) > 1 else "" for a in answers]
+            )
     if args.text:
         plan = ("audio",) if args.no_caption else ("text", "audio")
         run = generator.generate([[("user", "text", args.text)]], plan, seed=args.seed)
@@ -65,16 +70,21 @@ def _generate(args: argparse.Namespace) -> int:
             wavs = answer.audios()
             save_audio(path, wavs[0] if wavs else np.zeros((0,), np.float32), SAMPLE_RATE)
         result["generation"] = {
-            "text": args.text, "out": [str(p) for p in paths],
+            "text": args.text,
+            "out": [str(p) for p in paths],
             "audio_seconds": [round(len(a.audios()[0]) / SAMPLE_RATE, 3) if a.audios() else 0.0 for a in answers],
-            "finished": [a.finished for a in answers]}
+            "finished": [a.finished for a in answers],
+        }
         if not args.no_caption:
             result["generation"]["caption"] = [a.texts()[0] if a.texts() else "" for a in answers]
     frames = sum(r.frames for r in runs)
     decode_s = sum(r.decode_s for r in runs)
-    result["timing"] = {"frames": frames, "decode_s": round(decode_s, 3),
-                        "compile_s": round(sum(r.compile_s for r in runs), 3),
-                        "frames_per_s": round(frames / decode_s, 1) if decode_s else None}
+    result["timing"] = {
+        "frames": frames,
+        "decode_s": round(decode_s, 3),
+        "compile_s": round(sum(r.compile_s for r in runs), 3),
+        "frames_per_s": round(frames / decode_s, 1) if decode_s else None,
+    }
     print(json.dumps(result), flush=True)
     return 0
 

@@ -1,6 +1,7 @@
 """``bagpiper-prepare --config CFG --manifest FILE --out DIR``: JSONL manifest -> ArrayRecord
 shards of prepared examples + index (see :mod:`bagpiper_jax.data.prepare`). Run the same
 command on every host of a pod: each prepares its share of the shards."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,9 @@ from bagpiper_jax.data.prepare import prepare_manifest
 
 def _prepare(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    report = prepare_manifest(cfg, args.manifest, args.out, process_index=jax.process_index(),
-                              process_count=jax.process_count())
+    report = prepare_manifest(
+        cfg, args.manifest, args.out, process_index=jax.process_index(), process_count=jax.process_count()
+    )
     if report is not None:
         print(json.dumps({k: report[k] for k in ("prepared", "skipped", "by_reason")}))
     return 0

@@ -1,6 +1,7 @@
 """``bagpiper-train --config CFG [key=value ...]``: train or resume a run (see
 :mod:`bagpiper_jax.train.trainer`). With ``data.demo: true`` (``configs/demo.yaml``) the
 demo corpus, its assets and prepared shards are built first where missing."""
+
 from __future__ import annotations
 
 import argparse

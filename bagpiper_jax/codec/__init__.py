@@ -5,6 +5,7 @@ DAC acoustic encoder/decoder, residual VQ, the batched tokenizer and delay inter
     tok = XCodecTokenizer(load_codec("codec_params/"))   # from `bagpiper-convert hf-xcodec`
     codes = tok.encode([wav])                            # [frames, 8] int32 per clip
 """
+
 from bagpiper_jax.codec.config import XCodecConfig
 from bagpiper_jax.codec.tokenizer import XCodecTokenizer
 from bagpiper_jax.codec.xcodec import XCodec

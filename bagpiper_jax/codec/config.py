@@ -5,6 +5,7 @@ sub-configs) that the Flax model needs (read from an HF ``config.json`` by
 The defaults are the shipped ``hf-audio/xcodec-hubert-general`` configuration: 16 kHz,
 hop 320 (50 frames/s), 1024-entry codebooks, 8 quantizers at 4 kbps.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,15 +33,21 @@ class HubertConfig:
 
     def __post_init__(self):
         if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
-            raise ConfigError("semantic_model_config.conv_dim, conv_kernel and conv_stride must have "
-                              f"equal lengths, got {len(self.conv_dim)}, {len(self.conv_kernel)}, "
-                              f"{len(self.conv_stride)}")
+            raise ConfigError(
+                "semantic_model_config.conv_dim, conv_kernel and conv_stride must have "
+                f"equal lengths, got {len(self.conv_dim)}, {len(self.conv_kernel)}, "
+                f"{len(self.conv_stride)}"
+            )
         if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"semantic_model_config.hidden_size ({self.hidden_size}) must be a multiple "
-                              f"of num_attention_heads ({self.num_attention_heads})")
+            raise ConfigError(
+                f"semantic_model_config.hidden_size ({self.hidden_size}) must be a multiple "
+                f"of num_attention_heads ({self.num_attention_heads})"
+            )
         if self.hidden_size % self.num_conv_pos_embedding_groups:
-            raise ConfigError(f"semantic_model_config.hidden_size ({self.hidden_size}) must be a multiple "
-                              f"of num_conv_pos_embedding_groups ({self.num_conv_pos_embedding_groups})")
+            raise ConfigError(
+                f"semantic_model_config.hidden_size ({self.hidden_size}) must be a multiple "
+                f"of num_conv_pos_embedding_groups ({self.num_conv_pos_embedding_groups})"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,14 +76,18 @@ class XCodecConfig:
 
     def __post_init__(self):
         if len(self.strides) != len(self.channel_ratios):
-            raise ConfigError(f"strides ({len(self.strides)}) and channel_ratios ({len(self.channel_ratios)}) "
-                              "must have equal lengths")
+            raise ConfigError(
+                f"strides ({len(self.strides)}) and channel_ratios ({len(self.channel_ratios)}) must have equal lengths"
+            )
         if any(s != 1 for s in self.strides):
-            raise ConfigError(f"strides must all be 1 (semantic and acoustic frames must align), "
-                              f"got {list(self.strides)}")
+            raise ConfigError(
+                f"strides must all be 1 (semantic and acoustic frames must align), got {list(self.strides)}"
+            )
         if self.hop_length != math.prod(self.semantic.conv_stride):
-            raise ConfigError(f"acoustic_model_config.downsampling_ratios give hop {self.hop_length} but "
-                              f"semantic_model_config.conv_stride gives {math.prod(self.semantic.conv_stride)}")
+            raise ConfigError(
+                f"acoustic_model_config.downsampling_ratios give hop {self.hop_length} but "
+                f"semantic_model_config.conv_stride gives {math.prod(self.semantic.conv_stride)}"
+            )
         if not self.target_bandwidths:
             raise ConfigError("target_bandwidths must not be empty")
 
@@ -119,7 +130,8 @@ class XCodecConfig:
         if bandwidth is None:
             return self.num_quantizers
         if bandwidth not in self.target_bandwidths:
-            raise ConfigError(f"bandwidth {bandwidth} kbps is not one of target_bandwidths "
-                              f"{list(self.target_bandwidths)}")
+            raise ConfigError(
+                f"bandwidth {bandwidth} kbps is not one of target_bandwidths {list(self.target_bandwidths)}"
+            )
         per_quantizer = math.log2(self.codebook_size) * self.frame_rate / 1000
         return int(max(1, math.floor(bandwidth / per_quantizer))) if bandwidth > 0 else self.num_quantizers

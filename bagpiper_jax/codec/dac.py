@@ -5,6 +5,7 @@ decoder has no final tanh). Activations are ``[batch, time, channels]``.
 Every call takes the valid ``lengths [batch]`` of its input and returns the valid lengths
 of its output, so clips padded to a common length give the same valid frames as alone.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,7 @@ class EncoderBlock(nnx.Module):
         self.res_unit2 = ResidualUnit(channels, 3, rngs=rngs)
         self.res_unit3 = ResidualUnit(channels, 9, rngs=rngs)
         self.snake1 = Snake1d(channels)
-        self.conv1 = Conv1d(channels, 2 * channels, 2 * stride, stride=stride, padding=math.ceil(stride / 2),
-                            rngs=rngs)
+        self.conv1 = Conv1d(channels, 2 * channels, 2 * stride, stride=stride, padding=math.ceil(stride / 2), rngs=rngs)
 
     def __call__(self, x: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
         for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
@@ -63,8 +63,7 @@ class DacEncoder(nnx.Module):
     def __init__(self, cfg: DacConfig, *, rngs: nnx.Rngs):
         width = cfg.encoder_hidden_size
         self.conv1 = Conv1d(1, width, 7, padding=3, rngs=rngs)
-        self.block = nnx.List([EncoderBlock(width * 2 ** i, s, rngs=rngs)
-                               for i, s in enumerate(cfg.downsampling_ratios)])
+        self.block = nnx.List([EncoderBlock(width * 2**i, s, rngs=rngs) for i, s in enumerate(cfg.downsampling_ratios)])
         width *= 2 ** len(cfg.downsampling_ratios)
         self.snake1 = Snake1d(width)
         self.conv2 = Conv1d(width, cfg.hidden_size, 3, padding=1, rngs=rngs)
@@ -88,8 +87,9 @@ class DecoderBlock(nnx.Module):
 
     def __init__(self, channels: int, stride: int, *, rngs: nnx.Rngs):
         self.snake1 = Snake1d(channels)
-        self.conv_t1 = ConvTranspose1d(channels, channels // 2, 2 * stride, stride, math.ceil(stride / 2),
-                                       stride % 2, rngs=rngs)
+        self.conv_t1 = ConvTranspose1d(
+            channels, channels // 2, 2 * stride, stride, math.ceil(stride / 2), stride % 2, rngs=rngs
+        )
         self.res_unit1 = ResidualUnit(channels // 2, 1, rngs=rngs)
         self.res_unit2 = ResidualUnit(channels // 2, 3, rngs=rngs)
         self.res_unit3 = ResidualUnit(channels // 2, 9, rngs=rngs)
@@ -105,8 +105,7 @@ class DacDecoder(nnx.Module):
     def __init__(self, cfg: DacConfig, *, rngs: nnx.Rngs):
         width = cfg.decoder_hidden_size
         self.conv1 = Conv1d(cfg.hidden_size, width, 7, padding=3, rngs=rngs)
-        self.block = nnx.List([DecoderBlock(width // 2 ** i, s, rngs=rngs)
-                               for i, s in enumerate(cfg.upsampling_ratios)])
+        self.block = nnx.List([DecoderBlock(width // 2**i, s, rngs=rngs) for i, s in enumerate(cfg.upsampling_ratios)])
         width //= 2 ** len(cfg.upsampling_ratios)
         self.snake1 = Snake1d(width)
         self.conv2 = Conv1d(width, 1, 7, padding=3, rngs=rngs)

@@ -6,6 +6,7 @@ frames, and attention ignores keys past them, so every valid frame equals the re
 running the clip alone. The feature-encoder convs have no padding, so their valid frames
 never read past a clip's samples.
 """
+
 from __future__ import annotations
 
 import jax
@@ -39,8 +40,14 @@ class FeatureConvLayer(nnx.Module):
 
     def __init__(self, cfg: HubertConfig, layer_id: int, *, rngs: nnx.Rngs):
         in_dim = cfg.conv_dim[layer_id - 1] if layer_id > 0 else 1
-        self.conv = Conv1d(in_dim, cfg.conv_dim[layer_id], cfg.conv_kernel[layer_id],
-                           stride=cfg.conv_stride[layer_id], bias=cfg.conv_bias, rngs=rngs)
+        self.conv = Conv1d(
+            in_dim,
+            cfg.conv_dim[layer_id],
+            cfg.conv_kernel[layer_id],
+            stride=cfg.conv_stride[layer_id],
+            bias=cfg.conv_bias,
+            rngs=rngs,
+        )
         self.layer_norm = MaskedGroupNorm(cfg.conv_dim[layer_id]) if layer_id == 0 else None
 
     def __call__(self, x: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -83,8 +90,9 @@ class WeightNormConv1d(nnx.Module):
     def __init__(self, channels: int, kernel_size: int, groups: int, *, rngs: nnx.Rngs):
         self.groups, self.padding = groups, kernel_size // 2
         self.weight_g = param(jnp.ones((1, 1, kernel_size)), (None, None, KERNEL))
-        self.weight_v = param(0.02 * jax.random.normal(rngs.params(), (channels, channels // groups, kernel_size)),
-                              (OUT, IN, KERNEL))
+        self.weight_v = param(
+            0.02 * jax.random.normal(rngs.params(), (channels, channels // groups, kernel_size)), (OUT, IN, KERNEL)
+        )
         self.bias = param(jnp.zeros((channels,)), (OUT,))
 
     def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -95,13 +103,14 @@ class WeightNormConv1d(nnx.Module):
 
 class PositionalConvEmbedding(nnx.Module):
     def __init__(self, cfg: HubertConfig, *, rngs: nnx.Rngs):
-        self.conv = WeightNormConv1d(cfg.hidden_size, cfg.num_conv_pos_embeddings,
-                                     cfg.num_conv_pos_embedding_groups, rngs=rngs)
+        self.conv = WeightNormConv1d(
+            cfg.hidden_size, cfg.num_conv_pos_embeddings, cfg.num_conv_pos_embedding_groups, rngs=rngs
+        )
         self.num_pad_remove = 1 if cfg.num_conv_pos_embeddings % 2 == 0 else 0
 
     def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
         y = self.conv(x, lengths)
-        return gelu(y[:, :y.shape[1] - self.num_pad_remove])
+        return gelu(y[:, : y.shape[1] - self.num_pad_remove])
 
 
 class Attention(nnx.Module):
@@ -115,8 +124,12 @@ class Attention(nnx.Module):
         """Bidirectional attention over each clip's first ``lengths`` frames: ``[B, T, H]``."""
         b, t, h = x.shape
         split = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)  # noqa: E731
-        out = jax.nn.dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)),
-                                           key_value_seq_lengths=lengths.astype(jnp.int32))
+        out = jax.nn.dot_product_attention(
+            split(self.q_proj(x)),
+            split(self.k_proj(x)),
+            split(self.v_proj(x)),
+            key_value_seq_lengths=lengths.astype(jnp.int32),
+        )
         return self.out_proj(out.reshape(b, t, h))
 
 

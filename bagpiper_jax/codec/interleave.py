@@ -4,6 +4,7 @@ Training format: stream ``n`` is shifted right by ``n`` frames, so ``T`` codec f
 become ``T + S - 1`` frames for ``S`` streams; the gaps hold that stream's audio pad id.
 Generation undoes it with :func:`delay_deinterleave`. Host-side numpy.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,7 +37,7 @@ def delay_deinterleave(x: np.ndarray) -> np.ndarray:
     if x.ndim != 2 or x.shape[0] < x.shape[1] - 1:
         raise ValueError(f"expected [frames + streams - 1, streams] with frames >= 0, got shape {x.shape}")
     frames = x.shape[0] - x.shape[1] + 1
-    return np.stack([x[n:n + frames, n] for n in range(x.shape[1])], axis=1)
+    return np.stack([x[n : n + frames, n] for n in range(x.shape[1])], axis=1)
 
 
 def codes_to_ids(codes: np.ndarray, vocab: Vocab) -> np.ndarray:
@@ -58,8 +59,10 @@ def ids_to_codes(ids: np.ndarray, vocab: Vocab) -> np.ndarray:
         bad = (ids[:, n] <= start) | (ids[:, n] >= end)
         if bad.any():
             t = int(np.argmax(bad))
-            raise ValueError(f"id {ids[t, n]} at frame {t} of stream {n} is not a code of that stream "
-                             f"(codes are ({start}, {end}); {start} is its pad)")
+            raise ValueError(
+                f"id {ids[t, n]} at frame {t} of stream {n} is not a code of that stream "
+                f"(codes are ({start}, {end}); {start} is its pad)"
+            )
         out[:, n] = ids[:, n] - start - 1
     return out
 
@@ -68,7 +71,7 @@ def interleaved_ids(codes: np.ndarray, vocab: Vocab) -> np.ndarray:
     """Codes ``[T, S]`` -> delay-interleaved unified ids ``[T + S - 1, S]`` (training format)."""
     codes = np.asarray(codes)
     _check_streams(codes, vocab)
-    return delay_interleave(codes_to_ids(codes, vocab), vocab.audio_pads[:codes.shape[1]])
+    return delay_interleave(codes_to_ids(codes, vocab), vocab.audio_pads[: codes.shape[1]])
 
 
 def codes_from_interleaved_ids(ids: np.ndarray, vocab: Vocab) -> np.ndarray:

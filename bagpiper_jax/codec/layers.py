@@ -9,6 +9,7 @@ Padded batches: every convolution that mixes time steps (kernel > 1) takes the t
 exactly the zero padding the convolution would have seen on an unpadded clip, so the
 first ``out_length(lengths)`` output frames of a padded clip equal the unpadded result.
 """
+
 from __future__ import annotations
 
 import jax
@@ -37,23 +38,48 @@ def _normal(rngs: nnx.Rngs, shape, std: float = 0.02) -> jax.Array:
     return std * jax.random.normal(rngs.params(), shape, jnp.float32)
 
 
-def conv1d(x: jax.Array, weight: jax.Array, bias: jax.Array | None, lengths: jax.Array | None = None, *,
-           stride: int = 1, padding: int = 0, dilation: int = 1, groups: int = 1) -> jax.Array:
+def conv1d(
+    x: jax.Array,
+    weight: jax.Array,
+    bias: jax.Array | None,
+    lengths: jax.Array | None = None,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    groups: int = 1,
+) -> jax.Array:
     """PyTorch ``Conv1d`` on ``x [B, T, in]`` with ``weight [out, in/groups, kernel]``; when
     ``lengths`` is given and the kernel mixes time steps, frames past them are zeroed first."""
     if lengths is not None and weight.shape[-1] > 1:
         x = time_mask(x, lengths)
     y = jax.lax.conv_general_dilated(
-        x, weight.astype(x.dtype), window_strides=(stride,), padding=[(padding, padding)],
-        rhs_dilation=(dilation,), dimension_numbers=("NWC", "OIW", "NWC"), feature_group_count=groups)
+        x,
+        weight.astype(x.dtype),
+        window_strides=(stride,),
+        padding=[(padding, padding)],
+        rhs_dilation=(dilation,),
+        dimension_numbers=("NWC", "OIW", "NWC"),
+        feature_group_count=groups,
+    )
     return y if bias is None else y + bias.astype(x.dtype)
 
 
 class Conv1d(nnx.Module):
     """PyTorch ``Conv1d`` (zero padding, dilation): ``[B, T, in] -> [B, T', out]``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, rngs: nnx.Rngs,
-                 stride: int = 1, padding: int = 0, dilation: int = 1, bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        rngs: nnx.Rngs,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+    ):
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
         self.weight = param(_normal(rngs, (out_channels, in_channels, kernel_size)), (OUT, IN, KERNEL))
         self.bias = param(jnp.zeros((out_channels,)), (OUT,)) if bias else None
@@ -62,8 +88,15 @@ class Conv1d(nnx.Module):
         return conv_out_length(lengths, self.kernel_size, self.stride, self.padding, self.dilation)
 
     def __call__(self, x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
-        return conv1d(x, self.weight[...], None if self.bias is None else self.bias[...], lengths,
-                      stride=self.stride, padding=self.padding, dilation=self.dilation)
+        return conv1d(
+            x,
+            self.weight[...],
+            None if self.bias is None else self.bias[...],
+            lengths,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+        )
 
 
 class ConvTranspose1d(nnx.Module):
@@ -76,8 +109,17 @@ class ConvTranspose1d(nnx.Module):
     ``k = t + padding - i * stride``, exactly as PyTorch defines it.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int,
-                 output_padding: int, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        output_padding: int,
+        *,
+        rngs: nnx.Rngs,
+    ):
         self.kernel_size, self.stride, self.padding, self.output_padding = kernel_size, stride, padding, output_padding
         self.weight = param(_normal(rngs, (in_channels, out_channels, kernel_size)), (IN, OUT, KERNEL))
         self.bias = param(jnp.zeros((out_channels,)), (OUT,))
@@ -100,9 +142,10 @@ class ConvTranspose1d(nnx.Module):
         out_len = self.out_length(length)
         blocks = -(-(p + out_len) // s)
         x = jnp.pad(x, ((0, 0), (taps - 1, blocks - length), (0, 0)))
-        z = jax.lax.conv_general_dilated(x, w_poly, window_strides=(1,), padding="VALID",
-                                         dimension_numbers=("NWC", "WIO", "NWC"))
-        z = z.reshape(z.shape[0], blocks * s, c_out)[:, p:p + out_len]
+        z = jax.lax.conv_general_dilated(
+            x, w_poly, window_strides=(1,), padding="VALID", dimension_numbers=("NWC", "WIO", "NWC")
+        )
+        z = z.reshape(z.shape[0], blocks * s, c_out)[:, p : p + out_len]
         return z + self.bias[...].astype(x.dtype)
 
 

@@ -4,6 +4,7 @@ Names are module paths joined by dots, which are also the HF ``XcodecModel`` key
 for the positional conv's weight norm (see :mod:`bagpiper_jax.convert.hf_xcodec`). A codec
 params directory (:mod:`bagpiper_jax.checkpoint.frozen_modules`) stores this dict.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -41,16 +42,17 @@ def model_from_params(cfg: XCodecConfig, params: dict[str, Any], source: str = "
     missing = sorted(set(names) - set(params))
     extra = sorted(set(params) - set(names))
     if missing or extra:
-        raise CodecParamsError(f"{source} does not match the XCodec config: missing {missing[:5]}"
-                                   f"{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
-                                   f"{' ...' if len(extra) > 5 else ''}")
+        raise CodecParamsError(
+            f"{source} does not match the XCodec config: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
+            f"{' ...' if len(extra) > 5 else ''}"
+        )
     flat = []
     for path, var in nnx.to_flat_state(state):
         name = ".".join(str(p) for p in path)
         value = params[name]
         if tuple(value.shape) != tuple(var.shape):
-            raise CodecParamsError(f"{source}: {name!r} has shape {tuple(value.shape)}, "
-                                       f"expected {tuple(var.shape)}")
+            raise CodecParamsError(f"{source}: {name!r} has shape {tuple(value.shape)}, expected {tuple(var.shape)}")
         flat.append((path, var.replace(jnp.asarray(value, var.dtype))))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 

@@ -6,6 +6,7 @@ EMA-updated during XCodec training, never trained by gradient), so the parameter
 matches HF's (160,698,625 at the default config). ``embed_avg``, ``cluster_size`` and
 ``inited`` are that EMA's state; they are kept only so checkpoints round-trip exactly.
 """
+
 from __future__ import annotations
 
 import jax
@@ -39,8 +40,9 @@ class EuclideanCodebook(nnx.Module):
         """``[..., dim]`` -> nearest entry ``[...]`` (int32), by HF's expanded distance
         ``|x|^2 - 2 x.e + |e|^2`` (first index on exact ties)."""
         embed = self.embed[...]
-        dist = (jnp.square(x).sum(-1, keepdims=True) - 2 * jnp.einsum("...d,kd->...k", x, embed)
-                + jnp.square(embed).sum(-1))
+        dist = (
+            jnp.square(x).sum(-1, keepdims=True) - 2 * jnp.einsum("...d,kd->...k", x, embed) + jnp.square(embed).sum(-1)
+        )
         return jnp.argmin(dist, axis=-1).astype(jnp.int32)
 
     def decode(self, codes: jax.Array) -> jax.Array:

@@ -1,6 +1,7 @@
 """XCodec's semantic encoder (HuBERT features -> latent) and semantic decoder (quantized
 latent -> HuBERT features, XCodec's training target). Activations ``[batch, frames, ch]``;
 strides are always 1 (see ``XCodecConfig``), so frame lengths never change here."""
+
 from __future__ import annotations
 
 import jax
@@ -15,8 +16,9 @@ class ResidualUnit(nnx.Module):
 
     def __init__(self, cfg: XCodecConfig, channels: int, dilation: int, *, rngs: nnx.Rngs):
         k = cfg.unit_kernel_size
-        self.conv1 = Conv1d(channels, channels, k, padding=(k - 1) // 2 * dilation, dilation=dilation,
-                            bias=False, rngs=rngs)
+        self.conv1 = Conv1d(
+            channels, channels, k, padding=(k - 1) // 2 * dilation, dilation=dilation, bias=False, rngs=rngs
+        )
         self.conv2 = Conv1d(channels, channels, 1, bias=False, rngs=rngs)
 
     def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -43,8 +45,9 @@ class SemanticEncoder(nnx.Module):
         h, k = cfg.semantic.hidden_size, cfg.kernel_size
         self.conv = Conv1d(h, h, k, padding=k // 2, bias=False, rngs=rngs)
         widths = _widths(cfg)
-        self.conv_blocks = nnx.List([EncoderBlock(cfg, c_in, c_out, rngs=rngs)
-                                     for c_in, c_out in zip([h] + widths[:-1], widths)])
+        self.conv_blocks = nnx.List(
+            [EncoderBlock(cfg, c_in, c_out, rngs=rngs) for c_in, c_out in zip([h] + widths[:-1], widths)]
+        )
 
     def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
         """``[B, T, hidden]`` -> ``[B, T, hidden * channel_ratios[-1]]``."""
@@ -71,8 +74,9 @@ class SemanticDecoder(nnx.Module):
         h, k = cfg.semantic.hidden_size, cfg.kernel_size
         widths = _widths(cfg)
         self.conv1 = Conv1d(h, widths[0], k, padding=k // 2, bias=False, rngs=rngs)
-        self.conv_blocks = nnx.List([DecoderBlock(cfg, c_in, c_out, rngs=rngs)
-                                     for c_in, c_out in zip(widths, widths[1:] + [h])])
+        self.conv_blocks = nnx.List(
+            [DecoderBlock(cfg, c_in, c_out, rngs=rngs) for c_in, c_out in zip(widths, widths[1:] + [h])]
+        )
         self.conv2 = Conv1d(h, h, k, padding=k // 2, bias=False, rngs=rngs)
 
     def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:

@@ -10,6 +10,7 @@ encoding each clip alone (``XCodec.encode`` neutralises padding layer by layer).
     codes = tok.encode([wav_a, wav_b])        # list of int32 [frames_i, 8]
     wavs = tok.decode(codes)                  # list of float32 [frames_i * 320]
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -31,7 +32,7 @@ def bucket_frames(frames: int, min_frames: int = 8) -> int:
     """Smallest ``m * 2**e >= frames`` with ``m`` in [8, 16) (and ``>= min_frames``)."""
     frames = max(frames, min_frames)
     e = max(0, frames.bit_length() - 4)
-    return -(-frames // 2 ** e) * 2 ** e
+    return -(-frames // 2**e) * 2**e
 
 
 def check_codes(codes: np.ndarray, cfg: XCodecConfig, name: str = "codes", num_quantizers: int | None = None):
@@ -39,8 +40,7 @@ def check_codes(codes: np.ndarray, cfg: XCodecConfig, name: str = "codes", num_q
     array with ``1 <= n <= cfg.num_quantizers`` (``n == num_quantizers`` when given) and
     every code in ``[0, cfg.codebook_size)``."""
     n = codes.shape[-1] if codes.ndim else 0
-    if (codes.ndim != 2 or codes.shape[0] == 0 or not 1 <= n <= cfg.num_quantizers
-            or num_quantizers not in (None, n)):
+    if codes.ndim != 2 or codes.shape[0] == 0 or not 1 <= n <= cfg.num_quantizers or num_quantizers not in (None, n):
         want = num_quantizers if num_quantizers is not None else f"1..{cfg.num_quantizers}"
         raise ValueError(f"{name} must be [frames > 0, {want}], got shape {codes.shape}")
     if not np.issubdtype(codes.dtype, np.integer):
@@ -62,8 +62,14 @@ class XCodecTokenizer:
         ``"default"`` is faster there (TF32 / bf16 passes) but may change codes.
     """
 
-    def __init__(self, model: XCodec, batch_size: int = 8, mesh: Mesh | None = None, rules: Rules = (),
-                 precision: str = "highest"):
+    def __init__(
+        self,
+        model: XCodec,
+        batch_size: int = 8,
+        mesh: Mesh | None = None,
+        rules: Rules = (),
+        precision: str = "highest",
+    ):
         self.cfg = model.cfg
         self.batch_size = batch_size
         graphdef, state = nnx.split(model)
@@ -101,8 +107,11 @@ class XCodecTokenizer:
         by_bucket = defaultdict(list)
         for i, n in enumerate(sizes):
             by_bucket[bucket_frames(n)].append(i)
-        return [(bucket, idx[j:j + self.batch_size])
-                for bucket, idx in sorted(by_bucket.items()) for j in range(0, len(idx), self.batch_size)]
+        return [
+            (bucket, idx[j : j + self.batch_size])
+            for bucket, idx in sorted(by_bucket.items())
+            for j in range(0, len(idx), self.batch_size)
+        ]
 
     def _rows(self, rows: list[np.ndarray], lengths: list[int], width: int, dtype) -> tuple[np.ndarray, np.ndarray]:
         """Stacks rows zero-padded to ``width``; fills the batch with copies of row 0."""
@@ -110,7 +119,7 @@ class XCodecTokenizer:
         lens = np.full((self.batch_size,), lengths[0], np.int32)
         for r in range(self.batch_size):
             j = r if r < len(rows) else 0
-            batch[r, :lengths[j]] = rows[j]
+            batch[r, : lengths[j]] = rows[j]
             lens[r] = lengths[j]
         return batch, lens
 
@@ -140,7 +149,7 @@ class XCodecTokenizer:
             codes, frames = self._encode(self._state, *self._put(wav, lengths), num_q)
             codes, frames = np.asarray(codes), np.asarray(frames)
             for r, i in enumerate(idx):
-                out[i] = codes[r, :frames[r]]
+                out[i] = codes[r, : frames[r]]
         return out
 
     def decode(self, codes: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -158,5 +167,5 @@ class XCodecTokenizer:
             wav, samples = self._decode(self._state, *self._put(batch, frames))
             wav, samples = np.asarray(wav), np.asarray(samples)
             for r, i in enumerate(idx):
-                out[i] = wav[r, :samples[r]]
+                out[i] = wav[r, : samples[r]]
         return out

@@ -12,6 +12,7 @@ hop take HF's acoustic padding branch per clip. Padding is neutralised layer by 
 frames past each clip's valid length before mixing time steps, HuBERT's GroupNorm takes
 statistics over valid frames only, and attention masks keys past the valid frames.
 """
+
 from __future__ import annotations
 
 import jax
@@ -78,8 +79,10 @@ class XCodec(nnx.Module):
         e_acoustic, _ = self.acoustic_encoder(acoustic_wav, lengths + 2 * shift)
         num = e_semantic.shape[1]
         if e_acoustic.shape[1] < num:
-            raise ValueError(f"acoustic encoder gives {e_acoustic.shape[1]} frames for {wav.shape[1]} samples, "
-                             f"fewer than the {num} semantic frames")
+            raise ValueError(
+                f"acoustic encoder gives {e_acoustic.shape[1]} frames for {wav.shape[1]} samples, "
+                f"fewer than the {num} semantic frames"
+            )
         return self.fc(jnp.concatenate([e_acoustic[:, :num], e_semantic], axis=-1)), frames
 
     def quantized(self, codes: jax.Array, frames: jax.Array) -> jax.Array:

@@ -13,6 +13,7 @@ shard into one param, which is written and dropped before the next is read
 (``lazy_save``); on export, one param restored at a time), so converting needs far less
 RAM than one copy of the model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,9 @@ def convert_hf_audio_encoder(hf_dir: str | Path, out: str | Path) -> Path:
     return save_tower_params(out, config, params)
 
 
-def convert_hf_qwen3(hf_dir: str | Path, out: str | Path, config: str | Path | None = None,
-                     progress: bool = True) -> Path:
+def convert_hf_qwen3(
+    hf_dir: str | Path, out: str | Path, config: str | Path | None = None, progress: bool = True
+) -> Path:
     """HF Qwen3 directory -> step-0 model checkpoint.
 
     Without ``config`` the model dimensions come from the HF ``config.json`` and everything
@@ -83,15 +85,22 @@ def convert_hf_qwen3(hf_dir: str | Path, out: str | Path, config: str | Path | N
     mesh = make_mesh(cfg.mesh)
     total = len(backbone_entries(cfg.model)) + 2  # + embed, lm_head
     with tqdm(total=total, unit="tensor", desc="read HF Qwen3", disable=not progress) as bar:
-        _, params, _ = load_hf_qwen3(hf_dir, cfg.model, cfg.runtime, mesh, cfg.mesh.rules, cfg.seed, bar.update,
-                                     lazy=True)
+        _, params, _ = load_hf_qwen3(
+            hf_dir, cfg.model, cfg.runtime, mesh, cfg.mesh.rules, cfg.seed, bar.update, lazy=True
+        )
         modules = load_frozen_modules(cfg.assets.codec, cfg.assets.audio_encoder)
         return save_model_checkpoint(out, cfg, params, modules, source=f"hf-qwen3 {Path(hf_dir).absolute()}")
 
 
-def to_torch(checkpoint: str | Path, out: str | Path, step: int | None = None, dtype: str | None = None,
-             max_shard_size: int = parse_size(DEFAULT_MAX_SHARD_SIZE), hf_text_only: bool = False,
-             progress: bool = True) -> list[Path]:
+def to_torch(
+    checkpoint: str | Path,
+    out: str | Path,
+    step: int | None = None,
+    dtype: str | None = None,
+    max_shard_size: int = parse_size(DEFAULT_MAX_SHARD_SIZE),
+    hf_text_only: bool = False,
+    progress: bool = True,
+) -> list[Path]:
     """A model checkpoint or run directory (latest step unless ``step``) -> safetensors in the
     reference layout, or a plain HF Qwen3 directory with ``hf_text_only``. Returns the files."""
     source = ParamsSource(checkpoint, step)
@@ -104,20 +113,24 @@ def to_torch(checkpoint: str | Path, out: str | Path, step: int | None = None, d
     if not hf_text_only and source.codec_dir:
         parts.append(torch_layout.codec_tensors(load_params(source.codec_dir), np_dtype))
     if not hf_text_only and source.encoder_dir:
-        parts.append(torch_layout.encoder_tensors(load_tower_config(source.encoder_dir),
-                                                  load_params(source.encoder_dir), np_dtype))
-    parts.append(torch_layout.model_tensors(torch_layout.model_entries(cfg, hf_text_only), source.params,
-                                            source.read, np_dtype))
+        parts.append(
+            torch_layout.encoder_tensors(
+                load_tower_config(source.encoder_dir), load_params(source.encoder_dir), np_dtype
+            )
+        )
+    parts.append(
+        torch_layout.model_tensors(torch_layout.model_entries(cfg, hf_text_only), source.params, source.read, np_dtype)
+    )
     specs = [spec for part_specs, _ in parts for spec in part_specs]
     tensors = itertools.chain.from_iterable(stream for _, stream in parts)
     total = sum(s.nbytes for s in specs)
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"write {out.name}", disable=not progress) as bar:
-        files = write_safetensors(out, specs, tensors, max_shard_size, {"bagpiper_step": str(source.step)},
-                                  bar.update)
+        files = write_safetensors(out, specs, tensors, max_shard_size, {"bagpiper_step": str(source.step)}, bar.update)
     if hf_text_only:
         name = (np_dtype or source.params["embed"][1]).name
-        (out / "config.json").write_text(json.dumps(hf_config_dict(cfg, name, source.config.runtime.max_frames),
-                                                    indent=2))
+        (out / "config.json").write_text(
+            json.dumps(hf_config_dict(cfg, name, source.config.runtime.max_frames), indent=2)
+        )
         files.append(out / "config.json")
     return files
 
@@ -141,14 +154,16 @@ def from_torch(torch_path: str | Path, config: str | Path, out: str | Path, prog
     mesh = make_mesh(cfg.mesh)
     entries = torch_layout.model_entries(cfg.model)
     with tqdm(total=len(entries), unit="tensor", desc="convert torch", disable=not progress) as bar:
-        _, params, _ = torch_layout.read_model(reader, cfg.model, cfg.runtime, mesh, cfg.mesh.rules, bar.update,
-                                               lazy=True)
-        return save_model_checkpoint(out, cfg, params, modules,
-                                     source=f"from-torch {Path(torch_path).absolute()}")
+        _, params, _ = torch_layout.read_model(
+            reader, cfg.model, cfg.runtime, mesh, cfg.mesh.rules, bar.update, lazy=True
+        )
+        return save_model_checkpoint(out, cfg, params, modules, source=f"from-torch {Path(torch_path).absolute()}")
 
 
 def _module_dir(value: str, field: str, what: str, torch_path) -> str:
     if not value:
-        raise ConfigError(f"{torch_path} holds {what} tensors: set {field} to its params directory "
-                          f"(whose config.json gives the {what}'s dimensions)")
+        raise ConfigError(
+            f"{torch_path} holds {what} tensors: set {field} to its params directory "
+            f"(whose config.json gives the {what}'s dimensions)"
+        )
     return value

@@ -10,6 +10,7 @@ Layouts (HF → ours): Linear ``[out, in]`` → kernel ``[in, out]`` (attention 
 split ``heads × head_dim``); Conv2d ``[out, in, freq, time]`` → ``[time, freq, in, out]``;
 LayerNorm ``weight`` → ``scale``; per-layer tensors stacked on a leading layers axis.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,10 @@ def config_from_hf(path: str | Path) -> AudioEncoderConfig:
         return from_dict(AudioEncoderConfig, values, str(path), lenient=True)
     audio = (values.get("thinker_config") or {}).get("audio_config")
     if not isinstance(audio, dict):
-        raise ConfigError(f"{path}: neither a '{HF_MODEL_TYPE}' config nor one with "
-                          f"'thinker_config.audio_config' (model_type={values.get('model_type')!r})")
+        raise ConfigError(
+            f"{path}: neither a '{HF_MODEL_TYPE}' config nor one with "
+            f"'thinker_config.audio_config' (model_type={values.get('model_type')!r})"
+        )
     return from_dict(AudioEncoderConfig, audio, f"{path} thinker_config.audio_config", lenient=True)
 
 
@@ -138,15 +141,18 @@ def from_hf_tensors(config: AudioEncoderConfig, get: Callable[[str], np.ndarray]
                 hf_name = f"{module}.{_HF_PARAM_NAME[name]}"
                 tensor = np.asarray(get(hf_name), np.float32)
                 if tensor.shape != expected:
-                    raise CheckpointError(f"tensor {hf_name!r} has shape {tuple(tensor.shape)}, the config "
-                                          f"needs {expected} (for {'.'.join(path)}.{name})")
+                    raise CheckpointError(
+                        f"tensor {hf_name!r} has shape {tuple(tensor.shape)}, the config "
+                        f"needs {expected} (for {'.'.join(path)}.{name})"
+                    )
                 arrays.append(_to_ours(kind, name, tensor, shape))
             node[name] = np.stack(arrays) if stacked else arrays[0]
     return params
 
 
-def iter_hf_tensors(config: AudioEncoderConfig, params: dict, prefix: str = "",
-                    dtype=np.float32) -> Iterator[tuple[str, np.ndarray]]:
+def iter_hf_tensors(
+    config: AudioEncoderConfig, params: dict, prefix: str = "", dtype=np.float32
+) -> Iterator[tuple[str, np.ndarray]]:
     """Yields ``(prefix + HF name, array in dtype)`` for every tower tensor, one at a time.
 
     ``dtype`` should be the source checkpoint's dtype (e.g. ``ml_dtypes.bfloat16``) for a
@@ -185,8 +191,10 @@ def params_from_reader(config: AudioEncoderConfig, reader: TensorReader, key_pre
     params = from_hf_tensors(config, get)
     unused = sorted(set(reader.keys()) - used)
     if unused:
-        raise CheckpointError(f"{reader.path} holds audio tower tensors the config does not use "
-                              f"(encoder_layers={config.encoder_layers}?): {[key_prefix + k for k in unused[:5]]}")
+        raise CheckpointError(
+            f"{reader.path} holds audio tower tensors the config does not use "
+            f"(encoder_layers={config.encoder_layers}?): {[key_prefix + k for k in unused[:5]]}"
+        )
     return params
 
 
@@ -200,8 +208,10 @@ def export_hf(config: AudioEncoderConfig, params: dict, out_dir: str | Path, dty
     """Writes a bare HF ``Qwen3OmniMoeAudioEncoder`` directory (config.json + model.safetensors)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(dict(iter_hf_tensors(config, params, dtype=dtype)), str(out_dir / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        dict(iter_hf_tensors(config, params, dtype=dtype)),
+        str(out_dir / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     (out_dir / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
     return out_dir
-

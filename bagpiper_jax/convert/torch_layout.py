@@ -14,6 +14,7 @@ tensors shard by shard (``checkpoint.layout.read_entries``), one param at a time
 written (``lazy_save``). Layout changes are transposes and
 reshapes only, so torch -> ours -> torch is bit-exact.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
@@ -40,11 +41,14 @@ from bagpiper_jax.vocab import Vocab
 ENCODER_PREFIX = "multimodal_io_dict.continuous_audio.model.audio_tower."
 EMBED = Entry("model.embed_tokens.weight", "embed", Layout("model.embed_tokens.weight"))
 LM_HEAD = Entry("lm_head.weight", "lm_head", Layout("lm_head.weight", (1, 0)))
-BAGPIPER_ONLY = [Entry(layout.key, path, layout) for path, layout in {
-    "stream_emb": Layout("stream_emb.weight"),
-    "adaptor_kernel": Layout("adaptor.continuous_audio.weight", (1, 0)),
-    "adaptor_bias": Layout("adaptor.continuous_audio.bias"),
-}.items()]
+BAGPIPER_ONLY = [
+    Entry(layout.key, path, layout)
+    for path, layout in {
+        "stream_emb": Layout("stream_emb.weight"),
+        "adaptor_kernel": Layout("adaptor.continuous_audio.weight", (1, 0)),
+        "adaptor_bias": Layout("adaptor.continuous_audio.bias"),
+    }.items()
+]
 
 Tensors = Iterator[tuple[str, np.ndarray]]
 
@@ -59,8 +63,12 @@ def model_entries(cfg: ModelConfig, text_only: bool = False) -> list[Entry]:
     return [Entry(e.key, e.path, e.layout, rows=rows) for e in (EMBED, LM_HEAD)] + backbone_entries(cfg)
 
 
-def model_tensors(entries: list[Entry], shapes: dict[str, tuple[tuple[int, ...], np.dtype]],
-                  read_param: Callable[[str], np.ndarray], dtype=None) -> tuple[list[TensorSpec], Tensors]:
+def model_tensors(
+    entries: list[Entry],
+    shapes: dict[str, tuple[tuple[int, ...], np.dtype]],
+    read_param: Callable[[str], np.ndarray],
+    dtype=None,
+) -> tuple[list[TensorSpec], Tensors]:
     """Plan and lazy stream of the transformer tensors.
 
     Args:
@@ -70,8 +78,7 @@ def model_tensors(entries: list[Entry], shapes: dict[str, tuple[tuple[int, ...],
         once per param, in entry order, so only one param is in memory at a time.
       dtype: output dtype (None: as stored).
     """
-    specs = [TensorSpec(e.key, e.torch_shape(shapes[e.path][0]), np.dtype(dtype or shapes[e.path][1]))
-             for e in entries]
+    specs = [TensorSpec(e.key, e.torch_shape(shapes[e.path][0]), np.dtype(dtype or shapes[e.path][1])) for e in entries]
 
     def stream() -> Tensors:
         path, leaf = None, None
@@ -80,6 +87,7 @@ def model_tensors(entries: list[Entry], shapes: dict[str, tuple[tuple[int, ...],
                 path, leaf = e.path, None  # drop the previous param before reading the next
                 leaf = read_param(path)
             yield e.key, e.to_torch(leaf)  # a view: the writer casts and copies it block by block
+
     return specs, stream()
 
 
@@ -98,8 +106,15 @@ def encoder_tensors(config: AudioEncoderConfig, params: dict, dtype=None) -> tup
     return specs, iter_hf_tensors(config, params, ENCODER_PREFIX, dtype)
 
 
-def read_model(reader: TensorReader, cfg: ModelConfig, runtime: RuntimeConfig, mesh: Mesh, rules: Rules,
-               progress: Callable[[int], None] = lambda n: None, lazy: bool = False):
+def read_model(
+    reader: TensorReader,
+    cfg: ModelConfig,
+    runtime: RuntimeConfig,
+    mesh: Mesh,
+    rules: Rules,
+    progress: Callable[[int], None] = lambda n: None,
+    lazy: bool = False,
+):
     """Our transformer params from reference-layout tensors, sharded on ``mesh``.
 
     Returns ``(graphdef, state, shardings)`` like :func:`bagpiper_jax.model.init_model`;
@@ -121,8 +136,10 @@ def check_no_unknown(reader: TensorReader, cfg: ModelConfig) -> None:
     known = {e.key for e in model_entries(cfg)}
     unknown = [k for k in reader.keys() if k not in known and not k.startswith((CODEC_PREFIX, ENCODER_PREFIX))]
     if unknown:
-        raise CheckpointError(f"{reader.path} holds {len(unknown)} tensor(s) with no place in the Bagpiper "
-                              f"reference layout of this config: {unknown[:5]}")
+        raise CheckpointError(
+            f"{reader.path} holds {len(unknown)} tensor(s) with no place in the Bagpiper "
+            f"reference layout of this config: {unknown[:5]}"
+        )
 
 
 def read_codec(path, config: XCodecConfig) -> dict[str, np.ndarray]:

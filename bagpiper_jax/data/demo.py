@@ -9,6 +9,7 @@ real architectures, and the prepared shards of the training and held-out manifes
 true``; real runs point these keys at Qwen3's tokenizer and the converted XCodec /
 Qwen3-Omni weights instead.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,16 +41,32 @@ CODEC_CALIBRATION_CLIPS = 48
 def tiny_codec_config():
     """XCodec with the real structure (hop 320, 8 quantizers) at toy width, 64-entry codebooks."""
     return XCodecConfig(
-        target_bandwidths=(2.4,), codebook_size=64,
-        semantic=HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                              conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
-        acoustic=DacConfig(encoder_hidden_size=8, decoder_hidden_size=32, hidden_size=16))
+        target_bandwidths=(2.4,),
+        codebook_size=64,
+        semantic=HubertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            conv_dim=(32,) * 7,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+        ),
+        acoustic=DacConfig(encoder_hidden_size=8, decoder_hidden_size=32, hidden_size=16),
+    )
 
 
 def tiny_encoder_config(output_dim: int, window: int):
     """The Qwen3-Omni tower's structure at toy width."""
-    return AudioEncoderConfig(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
-                              downsample_hidden_size=8, output_dim=output_dim, n_window_infer=window)
+    return AudioEncoderConfig(
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        downsample_hidden_size=8,
+        output_dim=output_dim,
+        n_window_infer=window,
+    )
 
 
 def write_random_codec(directory: str | Path, calibration: list[np.ndarray], seed: int = 0):
@@ -107,5 +124,11 @@ def ensure_demo_prepared(cfg: Config, examples: int = 400, heldout: int = 40) ->
         write_random_encoder(assets.audio_encoder, cfg.model.continuous_dim, cfg.data.piece_frames, cfg.seed)
     for manifest, out in (("manifest.jsonl", cfg.data.prepared), ("heldout.jsonl", cfg.data.eval_prepared)):
         if out and not (Path(out) / "index.json").is_file():
-            prepare_manifest(cfg, corpus / manifest, out, process_index=jax.process_index(),
-                             process_count=jax.process_count(), progress=False)
+            prepare_manifest(
+                cfg,
+                corpus / manifest,
+                out,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+                progress=False,
+            )

@@ -7,6 +7,7 @@ seconds." Examples are ``audio_to_text`` (caption a clip), ``text_to_audio`` (ma
 clip for a caption) and caption-then-process dialogues (caption, then answer "what kind
 of sound is this?"). A held-out manifest uses fresh clips and captions.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,17 +69,25 @@ class Sound:
 
 
 def random_sound(rng: np.random.Generator) -> Sound:
-    return Sound(kind=KINDS[rng.integers(len(KINDS))], pitch=float(np.round(rng.uniform(110, 1760), -1)),
-                 loudness=list(LOUDNESS)[rng.integers(len(LOUDNESS))],
-                 seconds=float(rng.choice([0.5, 0.8, 1.0, 1.5, 2.0])), rising=bool(rng.integers(2)))
+    return Sound(
+        kind=KINDS[rng.integers(len(KINDS))],
+        pitch=float(np.round(rng.uniform(110, 1760), -1)),
+        loudness=list(LOUDNESS)[rng.integers(len(LOUDNESS))],
+        seconds=float(rng.choice([0.5, 0.8, 1.0, 1.5, 2.0])),
+        rising=bool(rng.integers(2)),
+    )
 
 
 def _example(i: int, sound: Sound, audio: str, rng: np.random.Generator, prefix: str) -> dict:
     task = ("audio_to_text", "text_to_audio", "dialogue")[int(rng.choice(3, p=[0.4, 0.4, 0.2]))]
     ex = {"id": f"{prefix}{i:05d}", "task": task, "sound": dataclasses.asdict(sound)}
     if task == "dialogue":
-        ex["dialogue"] = [["user", "audio", audio], ["user", "text", QUESTION],
-                          ["assistant", "text", sound.caption()], ["assistant", "text", sound.answer()]]
+        ex["dialogue"] = [
+            ["user", "audio", audio],
+            ["user", "text", QUESTION],
+            ["assistant", "text", sound.caption()],
+            ["assistant", "text", sound.answer()],
+        ]
     else:
         ex.update(text1=sound.caption(), audio1=audio)
     return ex

@@ -14,6 +14,7 @@ become further assistant text messages). Audio paths are resolved against the ma
 folder. A malformed line raises :class:`ManifestError` naming the line and field; the
 caller counts it as skipped.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,8 +55,10 @@ class Example:
 def _text(entry: dict, field: str, where: str) -> str:
     value = entry.get(field)
     if not isinstance(value, str):
-        raise ManifestError(f"{where}: field {field!r} must be a string, got {type(value).__name__}",
-                            "missing field" if value is None else "non-string text")
+        raise ManifestError(
+            f"{where}: field {field!r} must be a string, got {type(value).__name__}",
+            "missing field" if value is None else "non-string text",
+        )
     if not value.strip():
         raise ManifestError(f"{where}: field {field!r} is empty", "empty text")
     return value
@@ -82,11 +85,15 @@ def parse_line(line: str, where: str, root: Path) -> Example:
     if task not in TASKS:
         raise ManifestError(f"{where}: field 'task' must be one of {TASKS}, got {task!r}")
     if task == "text_to_audio":
-        messages = [Message("user", "text", _text(entry, "text1", where)),
-                    Message("assistant", "audio", _audio(entry, "audio1", where, root))]
+        messages = [
+            Message("user", "text", _text(entry, "text1", where)),
+            Message("assistant", "audio", _audio(entry, "audio1", where, root)),
+        ]
     elif task == "audio_to_text":
-        messages = [Message("user", "audio", _audio(entry, "audio1", where, root)),
-                    Message("assistant", "text", _text(entry, "text1", where))]
+        messages = [
+            Message("user", "audio", _audio(entry, "audio1", where, root)),
+            Message("assistant", "text", _text(entry, "text1", where)),
+        ]
     elif task == "text_only":
         fields = sorted((k for k in entry if k.startswith("text") and k[4:].isdigit()), key=lambda k: int(k[4:]))
         if not fields:
@@ -112,8 +119,9 @@ def _dialogue(entry: dict, where: str, root: Path) -> list[Message]:
         if modality not in MODALITIES:
             raise ManifestError(f"{at}: modality must be one of {MODALITIES}, got {modality!r}")
         content = {"c": turn[2]}
-        messages.append(Message(role, modality, _audio(content, "c", at, root) if modality == "audio"
-                                else _text(content, "c", at)))
+        messages.append(
+            Message(role, modality, _audio(content, "c", at, root) if modality == "audio" else _text(content, "c", at))
+        )
     return messages
 
 

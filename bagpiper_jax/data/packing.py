@@ -5,6 +5,7 @@ output) without its per-element pytree walks. It subclasses a private Grain clas
 is installed through :mod:`bagpiper_jax.compat`, which falls back to Grain's own packer on
 an untested Grain release.
 """
+
 from __future__ import annotations
 
 import grain
@@ -29,8 +30,10 @@ class FastFirstFit(GrainPackerBase):
         values = [element[k] for k in self._keys]
         lengths = np.array([len(v) for v in values], np.int64)
         if np.any(lengths > self._capacities):
-            raise ValueError(f"Inputs to PackedBatch must be truncated to max length: lengths "
-                             f"{dict(zip(self._keys, lengths.tolist()))}, capacities {self._length_struct}")
+            raise ValueError(
+                f"Inputs to PackedBatch must be truncated to max length: lengths "
+                f"{dict(zip(self._keys, lengths.tolist()))}, capacities {self._length_struct}"
+            )
         fit = self._fill + lengths[:, None] <= self._capacities[:, None]  # [features, bins]
         if self._max_sequences_per_bin is not None:
             fit &= self._num_examples_per_row < self._max_sequences_per_bin
@@ -43,9 +46,9 @@ class FastFirstFit(GrainPackerBase):
         for i, (v, n) in enumerate(zip(values, lengths.tolist())):
             if n:
                 start = int(self._fill[i, row])
-                self._flat_values[i][row, start:start + n] = v
-                self._flat_segment_ids[i][row, start:start + n] = segment
-                self._flat_positions[i][row, start:start + n] = self._counting[:n]
+                self._flat_values[i][row, start : start + n] = v
+                self._flat_segment_ids[i][row, start : start + n] = segment
+                self._flat_positions[i][row, start : start + n] = self._counting[:n]
                 self._fill[i, row] = start + n
         self._num_examples_per_row[row] = segment
         return None
@@ -54,7 +57,8 @@ class FastFirstFit(GrainPackerBase):
 def first_fit_pack(ds: grain.IterDataset, length_struct: dict, num_packing_bins: int, seed: int) -> grain.IterDataset:
     """``grain.experimental.FirstFitPackIterDataset`` over ``ds``, packing with
     :class:`FastFirstFit` where the Grain release allows it."""
-    packed = grain_exp.FirstFitPackIterDataset(ds, length_struct=length_struct, num_packing_bins=num_packing_bins,
-                                               seed=seed)
+    packed = grain_exp.FirstFitPackIterDataset(
+        ds, length_struct=length_struct, num_packing_bins=num_packing_bins, seed=seed
+    )
     install_packer(packed, FastFirstFit)
     return packed

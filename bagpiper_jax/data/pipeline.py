@@ -18,6 +18,7 @@ A row closes when its frames, its ``max_pieces_per_row`` pieces or its
 ``mel_frames_per_row`` log-mel frames run out; pieces of short clips cost only their own
 frames, so the budgets bind on the audio actually carried, not on padded windows.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -92,7 +93,10 @@ class EpochShuffle(grain.MapDataset):
             return self.slice(index)
         epoch, i = divmod(index, len(self._parent))
         if epoch != self._epoch:
-            self._epoch, self._order = epoch, np.random.default_rng([self._seed % 2**63, epoch]).permutation(len(self._parent))
+            self._epoch, self._order = (
+                epoch,
+                np.random.default_rng([self._seed % 2**63, epoch]).permutation(len(self._parent)),
+            )
         return self._parent[int(self._order[i])]
 
 
@@ -121,17 +125,34 @@ class Templater:
         candidates = guidance_candidates(ex)
         if candidates and rng.random() < self.guidance_drop:
             keep = candidates[rng.integers(len(candidates))]
-        out = template(ex, self.vocab, self.tokens_for, piece_frames=self.piece_frames, mel_bins=self.mel_bins,
-                       loss_region=self.loss_region, guidance_keep=keep)
+        out = template(
+            ex,
+            self.vocab,
+            self.tokens_for,
+            piece_frames=self.piece_frames,
+            mel_bins=self.mel_bins,
+            loss_region=self.loss_region,
+            guidance_keep=keep,
+        )
         if len(out["mel_lengths"]) > self.max_pieces or len(out["mel"]) > self.max_mel_frames:
-            log.warning("skipping example %s: %d continuous-audio pieces / %d log-mel frames exceed a row's "
-                        "data.max_pieces_per_row=%d / data.mel_frames_per_row=%d", ex.id, len(out["mel_lengths"]),
-                        len(out["mel"]), self.max_pieces, self.max_mel_frames)
+            log.warning(
+                "skipping example %s: %d continuous-audio pieces / %d log-mel frames exceed a row's "
+                "data.max_pieces_per_row=%d / data.mel_frames_per_row=%d",
+                ex.id,
+                len(out["mel_lengths"]),
+                len(out["mel"]),
+                self.max_pieces,
+                self.max_mel_frames,
+            )
             return None
         if truncate:
-            out["ids"], out["loss_mask"] = out["ids"][:self.row_frames], out["loss_mask"][:self.row_frames]
-        return {"ids": out["ids"], "loss_mask": out["loss_mask"], "mel": out["mel"],
-                "pieces": np.stack([out[k] for k in PIECE_KEYS], axis=1)}
+            out["ids"], out["loss_mask"] = out["ids"][: self.row_frames], out["loss_mask"][: self.row_frames]
+        return {
+            "ids": out["ids"],
+            "loss_mask": out["loss_mask"],
+            "mel": out["mel"],
+            "pieces": np.stack([out[k] for k in PIECE_KEYS], axis=1),
+        }
 
 
 def _segment_starts(segment_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -152,12 +173,17 @@ def finish_row(row: dict) -> dict:
     frame0 = _segment_starts(seg, row["ids_positions"])
     mel0 = _segment_starts(row["mel_segment_ids"], row["mel_positions"])
     mel0 = np.pad(mel0, (0, max(0, len(frame0) - len(mel0))))
-    return {"ids": row["ids"], "segment_ids": seg, "positions": row["ids_positions"],
-            "loss_mask": row["loss_mask"], "mel": row["mel"],
-            "mel_offset": np.where(used, mel0[piece_seg] + pieces[:, 0], 0).astype(np.int32),
-            "mel_lengths": np.where(used, pieces[:, 1], 0).astype(np.int32),
-            "mel_clip_lengths": np.where(used, pieces[:, 2], 0).astype(np.int32),
-            "mel_start": np.where(used, frame0[piece_seg] + pieces[:, 3], -1).astype(np.int32)}
+    return {
+        "ids": row["ids"],
+        "segment_ids": seg,
+        "positions": row["ids_positions"],
+        "loss_mask": row["loss_mask"],
+        "mel": row["mel"],
+        "mel_offset": np.where(used, mel0[piece_seg] + pieces[:, 0], 0).astype(np.int32),
+        "mel_lengths": np.where(used, pieces[:, 1], 0).astype(np.int32),
+        "mel_clip_lengths": np.where(used, pieces[:, 2], 0).astype(np.int32),
+        "mel_start": np.where(used, frame0[piece_seg] + pieces[:, 3], -1).astype(np.int32),
+    }
 
 
 def _fits_audio_budget(index: dict, cfg: DataConfig, records: int) -> np.ndarray:
@@ -174,9 +200,13 @@ def _fits_audio_budget(index: dict, cfg: DataConfig, records: int) -> np.ndarray
 
 def to_batch(rows: dict) -> Batch:
     """Batched :func:`finish_row` output -> :class:`Batch`."""
-    return Batch(rows["ids"], rows["segment_ids"], rows["positions"], rows["loss_mask"],
-                 MelPieces(rows["mel"], rows["mel_offset"], rows["mel_lengths"], rows["mel_clip_lengths"],
-                           rows["mel_start"]))
+    return Batch(
+        rows["ids"],
+        rows["segment_ids"],
+        rows["positions"],
+        rows["loss_mask"],
+        MelPieces(rows["mel"], rows["mel_offset"], rows["mel_lengths"], rows["mel_clip_lengths"], rows["mel_start"]),
+    )
 
 
 @dataclasses.dataclass
@@ -190,9 +220,17 @@ class InputPipeline:
         return iter(self.dataset)
 
 
-def build_pipeline(cfg: DataConfig, vocab: Vocab, tokens_for: TokensFor, mel_bins: int, *,
-                   shard_index: int = 0, shard_count: int = 1, train: bool = True,
-                   epochs: int | None = None) -> InputPipeline:
+def build_pipeline(
+    cfg: DataConfig,
+    vocab: Vocab,
+    tokens_for: TokensFor,
+    mel_bins: int,
+    *,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    train: bool = True,
+    epochs: int | None = None,
+) -> InputPipeline:
     """The pipeline of logical input shard ``shard_index`` of ``shard_count``; it yields
     ``batch_rows / shard_count`` rows per batch.
 
@@ -214,24 +252,45 @@ def build_pipeline(cfg: DataConfig, vocab: Vocab, tokens_for: TokensFor, mel_bin
     truncate = ~fits & text_only & (cfg.overlong == "truncate")
     audio_fits = _fits_audio_budget(index, cfg, len(frames))
     keep = np.flatnonzero((fits | truncate) & audio_fits)
-    report = {"records": len(frames), "kept": len(keep), "skipped_overlong": int(np.sum(~fits & ~truncate)),
-              "skipped_audio_budget": int(np.sum((fits | truncate) & ~audio_fits)), "truncated": int(truncate.sum())}
+    report = {
+        "records": len(frames),
+        "kept": len(keep),
+        "skipped_overlong": int(np.sum(~fits & ~truncate)),
+        "skipped_audio_budget": int(np.sum((fits | truncate) & ~audio_fits)),
+        "truncated": int(truncate.sum()),
+    }
     if report["skipped_overlong"]:
         log.warning("skipping %d examples longer than data.row_frames=%d", report["skipped_overlong"], cfg.row_frames)
     if report["skipped_audio_budget"]:
-        log.warning("skipping %d examples with more continuous audio than a row holds (data.max_pieces_per_row=%d, "
-                    "data.mel_frames_per_row=%d)", report["skipped_audio_budget"], cfg.max_pieces_per_row,
-                    cfg.mel_frames_per_row)
+        log.warning(
+            "skipping %d examples with more continuous audio than a row holds (data.max_pieces_per_row=%d, "
+            "data.mel_frames_per_row=%d)",
+            report["skipped_audio_budget"],
+            cfg.max_pieces_per_row,
+            cfg.mel_frames_per_row,
+        )
     mine = keep[shard_index::shard_count]
     if not len(mine):
         raise DataError(f"input shard {shard_index} of {shard_count} has no records in {cfg.prepared}")
     source = IndexedSource(grain.sources.ArrayRecordDataSource(files), mine, truncate[mine])
-    templater = Templater(vocab, tokens_for, cfg.piece_frames, mel_bins, cfg.row_frames, cfg.loss_region,
-                          cfg.guidance_drop if train else 0.0, cfg.max_pieces_per_row, cfg.mel_frames_per_row)
+    templater = Templater(
+        vocab,
+        tokens_for,
+        cfg.piece_frames,
+        mel_bins,
+        cfg.row_frames,
+        cfg.loss_region,
+        cfg.guidance_drop if train else 0.0,
+        cfg.max_pieces_per_row,
+        cfg.mel_frames_per_row,
+    )
     ds = EpochShuffle(grain.MapDataset.source(source), cfg.shuffle_seed).repeat(epochs)
     ds = ds.random_map(templater, seed=cfg.shuffle_seed + 1).filter(lambda x: x is not None)
-    lengths = {**dict.fromkeys(FRAME_KEYS, cfg.row_frames), "pieces": cfg.max_pieces_per_row,
-               "mel": cfg.mel_frames_per_row}
+    lengths = {
+        **dict.fromkeys(FRAME_KEYS, cfg.row_frames),
+        "pieces": cfg.max_pieces_per_row,
+        "mel": cfg.mel_frames_per_row,
+    }
     # Reading is cheap next to decode + template (CPU-bound Python): threads only fight over the GIL
     # (and Grain's prefetch scans its whole buffer per element), so local shards read inline.
     read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=16 * cfg.read_threads)
@@ -240,8 +299,9 @@ def build_pipeline(cfg: DataConfig, vocab: Vocab, tokens_for: TokensFor, mel_bin
     if cfg.workers:
         if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; a library caller may not parse them
             flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers,
-                                                         per_worker_buffer_size=cfg.prefetch_buffer))
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=cfg.workers, per_worker_buffer_size=cfg.prefetch_buffer)
+        )
     return InputPipeline(it, report)
 
 
@@ -268,8 +328,10 @@ class ShardedInput:
     def set_state(self, state: bytes):
         states = json.loads(state)
         if len(states) != len(self._iters):
-            raise DataError(f"data-iterator state holds {len(states)} input shards, this process runs "
-                            f"{len(self._iters)} (data.input_shards and the process count must match the run's)")
+            raise DataError(
+                f"data-iterator state holds {len(states)} input shards, this process runs "
+                f"{len(self._iters)} (data.input_shards and the process count must match the run's)"
+            )
         for it, s in zip(self._iters, states):
             it.set_state(s)
 
@@ -279,16 +341,30 @@ class ShardedInput:
                 it.start_prefetch()
 
 
-def build_input(cfg: DataConfig, vocab: Vocab, tokens_for: TokensFor, mel_bins: int, *, process_index: int = 0,
-                process_count: int = 1, train: bool = True, epochs: int | None = None) -> ShardedInput:
+def build_input(
+    cfg: DataConfig,
+    vocab: Vocab,
+    tokens_for: TokensFor,
+    mel_bins: int,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    train: bool = True,
+    epochs: int | None = None,
+) -> ShardedInput:
     """The input of one process: its logical shards of ``data.input_shards`` (default: one
     per process), each a :func:`build_pipeline` over its slice of the index."""
     shards = cfg.input_shards or process_count
     if shards % process_count:
         raise DataError(f"data.input_shards={shards} must be a multiple of the {process_count} processes")
-    return ShardedInput([build_pipeline(cfg, vocab, tokens_for, mel_bins, shard_index=s, shard_count=shards,
-                                        train=train, epochs=epochs)
-                         for s in range(process_index, shards, process_count)])
+    return ShardedInput(
+        [
+            build_pipeline(
+                cfg, vocab, tokens_for, mel_bins, shard_index=s, shard_count=shards, train=train, epochs=epochs
+            )
+            for s in range(process_index, shards, process_count)
+        ]
+    )
 
 
 def packing_efficiency(batch: Batch) -> float:

@@ -17,6 +17,7 @@ and listed with its reason in ``report.json``; counts are printed at the end. Ou
     OUT/index.json                 shards, counts, config hash (what the pipeline reads)
     OUT/report.json                every skipped input with its reason, counts per reason
 """
+
 from __future__ import annotations
 
 import collections
@@ -38,10 +39,13 @@ from bagpiper_jax.data.records import PreparedExample, encode_record
 
 def config_hash(cfg: Config) -> str:
     """Hash of everything that changes prepared records."""
-    relevant = {"vocab": {k: getattr(cfg.model, k) for k in ("num_special", "text_vocab_size", "num_streams",
-                                                            "codebook_size")},
-                "tokenizer": cfg.assets.tokenizer, "codec": cfg.assets.codec,
-                "max_audio_seconds": cfg.data.max_audio_seconds, "row_frames": cfg.data.row_frames}
+    relevant = {
+        "vocab": {k: getattr(cfg.model, k) for k in ("num_special", "text_vocab_size", "num_streams", "codebook_size")},
+        "tokenizer": cfg.assets.tokenizer,
+        "codec": cfg.assets.codec,
+        "max_audio_seconds": cfg.data.max_audio_seconds,
+        "row_frames": cfg.data.row_frames,
+    }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -53,10 +57,15 @@ def write_shard(out_dir: Path, k: int, records: list[PreparedExample], skips: li
         writer.write(encode_record(r))
     writer.close()
     os.replace(tmp, out_dir / name)
-    meta = {"file": name, "count": len(records), "ids": [r.id for r in records],
-            "frames": [r.frames for r in records],
-            "text_only": [all(m.kind == "text" for m in r.messages) for r in records],
-            "mel_frames": [[len(m.array) for m in r.messages if m.kind == "mel"] for r in records], "skipped": skips}
+    meta = {
+        "file": name,
+        "count": len(records),
+        "ids": [r.id for r in records],
+        "frames": [r.frames for r in records],
+        "text_only": [all(m.kind == "text" for m in r.messages) for r in records],
+        "mel_frames": [[len(m.array) for m in r.messages if m.kind == "mel"] for r in records],
+        "skipped": skips,
+    }
     tmp_meta = out_dir / f".shard-{k:05d}.json.tmp"
     tmp_meta.write_text(json.dumps(meta))
     os.replace(tmp_meta, out_dir / f"shard-{k:05d}.json")
@@ -71,8 +80,9 @@ def _shard_lines(manifest: Path, per_shard: int) -> list[list[tuple[int, Example
             shards.append([])
         if isinstance(item, Example):
             if item.id in seen:
-                item = ManifestError(f"{Path(manifest).name}:{line}: id {item.id!r} repeats an earlier line",
-                                     "duplicate id")
+                item = ManifestError(
+                    f"{Path(manifest).name}:{line}: id {item.id!r} repeats an earlier line", "duplicate id"
+                )
             seen.add(getattr(item, "id", None))
         shards[-1].append((line, item))
     return shards
@@ -90,26 +100,40 @@ def write_index(cfg: Config, out_dir: Path, num_shards: int) -> dict:
     reasons = collections.Counter(s["kind"] for s in skipped)
     # mel_frames: per example, the log-mel frames of each continuous-audio clip (absent in
     # shards written before it was recorded).
-    index = {"shards": [{**{k: m[k] for k in ("file", "count", "ids", "frames", "text_only")},
-                         "mel_frames": m.get("mel_frames")} for m in metas],
-             "examples": sum(m["count"] for m in metas), "skipped": len(skipped),
-             "config_hash": config_hash(cfg)}
-    report = {"prepared": index["examples"], "skipped": len(skipped), "by_reason": dict(reasons),
-              "inputs": skipped}
+    index = {
+        "shards": [
+            {**{k: m[k] for k in ("file", "count", "ids", "frames", "text_only")}, "mel_frames": m.get("mel_frames")}
+            for m in metas
+        ],
+        "examples": sum(m["count"] for m in metas),
+        "skipped": len(skipped),
+        "config_hash": config_hash(cfg),
+    }
+    report = {"prepared": index["examples"], "skipped": len(skipped), "by_reason": dict(reasons), "inputs": skipped}
     (out_dir / "index.json").write_text(json.dumps(index))
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     return report
 
 
-def prepare_manifest(cfg: Config, manifest: str | Path, out_dir: str | Path, *, process_index: int = 0,
-                     process_count: int = 1, progress: bool = True) -> dict | None:
+def prepare_manifest(
+    cfg: Config,
+    manifest: str | Path,
+    out_dir: str | Path,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    progress: bool = True,
+) -> dict | None:
     """Prepares this process's shards; process 0 writes index.json/report.json once all are
     there (after a barrier when there are several processes). Returns the report there."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = _shard_lines(Path(manifest), cfg.data.examples_per_shard)
-    mine = [k for k in range(len(shards)) if k % process_count == process_index
-            and not (out_dir / f"shard-{k:05d}.json").is_file()]
+    mine = [
+        k
+        for k in range(len(shards))
+        if k % process_count == process_index and not (out_dir / f"shard-{k:05d}.json").is_file()
+    ]
     preparer = Preparer(cfg) if mine else None
     bar = tqdm(total=sum(len(shards[k]) for k in mine), unit="ex", disable=not progress, desc="prepare")
     start, clips = time.perf_counter(), 0

@@ -8,6 +8,7 @@
 Corpus preparation (:mod:`bagpiper_jax.data.prepare`) and generation prompts use it, so a
 prompt is prepared exactly as the training data was.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,16 +50,18 @@ class Preparer:
         self.tokenizer.check_fits(cfg.model.text_vocab_size)
         self.codec = XCodecTokenizer(load_codec(cfg.assets.codec))
         if self.codec.cfg.codebook_size != cfg.model.codebook_size:
-            raise ConfigError(f"codec {cfg.assets.codec} has codebook_size {self.codec.cfg.codebook_size}, "
-                              f"model.codebook_size is {cfg.model.codebook_size}")
+            raise ConfigError(
+                f"codec {cfg.assets.codec} has codebook_size {self.codec.cfg.codebook_size}, "
+                f"model.codebook_size is {cfg.model.codebook_size}"
+            )
         self.max_samples = int(cfg.data.max_audio_seconds * 16_000)
 
     def _mel(self, wav: np.ndarray) -> np.ndarray:
-        wav = wav[:self.max_samples]
+        wav = wav[: self.max_samples]
         padded = np.zeros(-(-len(wav) // MEL_BUCKET_SAMPLES) * MEL_BUCKET_SAMPLES, np.float32)
-        padded[:len(wav)] = wav
+        padded[: len(wav)] = wav
         mel, frames = log_mel(padded[None], np.asarray([len(wav)], np.int32))
-        return np.asarray(mel[0, :int(frames[0])])
+        return np.asarray(mel[0, : int(frames[0])])
 
     def prepare(self, examples: list[Example]) -> tuple[list[PreparedExample], list[tuple[str, str, str]]]:
         """Prepared examples (manifest order) and ``(id, kind, reason)`` per skipped one."""
@@ -75,10 +78,13 @@ class Preparer:
                         continue
                     wav = load_audio(m.content)
                     if len(wav) < self.codec.hop_length:
-                        raise Skip(f"audio file {m.content} is shorter than one codec frame "
-                                   f"({self.codec.hop_length} samples at 16 kHz)", "too short audio")
+                        raise Skip(
+                            f"audio file {m.content} is shorter than one codec frame "
+                            f"({self.codec.hop_length} samples at 16 kHz)",
+                            "too short audio",
+                        )
                     if m.role == "assistant":
-                        to_encode.append((len(staged), len(messages), wav[:self.max_samples]))
+                        to_encode.append((len(staged), len(messages), wav[: self.max_samples]))
                         messages.append(PreparedMessage(m.role, m.modality, "codes", np.zeros((0, 0))))
                     else:
                         messages.append(PreparedMessage(m.role, m.modality, "mel", self._mel(wav)))

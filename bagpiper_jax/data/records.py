@@ -10,6 +10,7 @@ where ARRAY is ``{"dtype": str, "shape": [...], "data": bytes}``: text token ids
 float32 ``[mel_frames, mel_bins]`` (user/system audio). ``frames`` is the example's length
 in multi-stream frames once templated (see :mod:`bagpiper_jax.data.template`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,17 +53,26 @@ def _unpack_array(d: dict) -> np.ndarray:
 
 
 def encode_record(ex: PreparedExample) -> bytes:
-    return msgpack.packb({
-        "id": ex.id, "task": ex.task, "frames": int(ex.frames),
-        "messages": [{"role": m.role, "modality": m.modality, "kind": m.kind, "array": _pack_array(m.array)}
-                     for m in ex.messages]}, use_bin_type=True)
+    return msgpack.packb(
+        {
+            "id": ex.id,
+            "task": ex.task,
+            "frames": int(ex.frames),
+            "messages": [
+                {"role": m.role, "modality": m.modality, "kind": m.kind, "array": _pack_array(m.array)}
+                for m in ex.messages
+            ],
+        },
+        use_bin_type=True,
+    )
 
 
 def decode_record(data: bytes) -> PreparedExample:
     try:
         d = msgpack.unpackb(data, raw=False)
-        messages = tuple(PreparedMessage(m["role"], m["modality"], m["kind"], _unpack_array(m["array"]))
-                         for m in d["messages"])
+        messages = tuple(
+            PreparedMessage(m["role"], m["modality"], m["kind"], _unpack_array(m["array"])) for m in d["messages"]
+        )
         return PreparedExample(d["id"], d["task"], int(d["frames"]), messages)
     except (msgpack.UnpackException, KeyError, TypeError, ValueError) as e:
         raise RecordError(f"malformed prepared record: {e}") from e

@@ -25,6 +25,7 @@ Output (numpy), the pieces in the layout of
     mel_lengths [pieces] int32, mel_clip_lengths [pieces] int32 (frames of the whole clip
     the piece was cut from), mel_start [pieces] int32 (frame of its first encoder token)
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -48,13 +49,24 @@ def example_frames(ex: PreparedExample, vocab: Vocab, tokens_for: TokensFor) -> 
     s = vocab.num_streams
     n = 1
     for m in ex.messages:
-        n += 3 + {"text": lambda a: len(a), "codes": lambda a: len(a) + s - 1,
-                  "mel": lambda a: int(tokens_for(len(a)))}[m.kind](m.array)
+        n += 3 + {
+            "text": lambda a: len(a),
+            "codes": lambda a: len(a) + s - 1,
+            "mel": lambda a: int(tokens_for(len(a))),
+        }[m.kind](m.array)
     return n
 
 
-def template(ex: PreparedExample, vocab: Vocab, tokens_for: TokensFor, *, piece_frames: int, mel_bins: int,
-             loss_region: str = "assistant", guidance_keep: int | None = None) -> dict[str, np.ndarray]:
+def template(
+    ex: PreparedExample,
+    vocab: Vocab,
+    tokens_for: TokensFor,
+    *,
+    piece_frames: int,
+    mel_bins: int,
+    loss_region: str = "assistant",
+    guidance_keep: int | None = None,
+) -> dict[str, np.ndarray]:
     """Frames, loss weights and continuous-audio pieces of one example.
 
     Args:
@@ -75,8 +87,7 @@ def template(ex: PreparedExample, vocab: Vocab, tokens_for: TokensFor, *, piece_
             sizes.append(len(m.array) + s - 1)
         elif m.kind == "mel":
             if m.array.ndim != 2 or m.array.shape[1] != mel_bins:
-                raise TemplateError(f"example {ex.id}: log-mel of shape {m.array.shape}, expected "
-                                    f"[frames, {mel_bins}]")
+                raise TemplateError(f"example {ex.id}: log-mel of shape {m.array.shape}, expected [frames, {mel_bins}]")
             sizes.append(int(tokens_for(len(m.array))))
         else:
             raise TemplateError(f"example {ex.id}: unknown message kind {m.kind!r}")
@@ -91,12 +102,12 @@ def template(ex: PreparedExample, vocab: Vocab, tokens_for: TokensFor, *, piece_
         out_ids[frame, 0], out_ids[frame + 1, 0] = ROLE_IDS[m.role], MODALITY_IDS[m.modality]
         out_mask[frame:c, 0] = w
         if m.kind == "text":
-            out_ids[c:c + n, 0] = vocab.text_ids(m.array)
-            out_mask[c:c + n, 0] = w
+            out_ids[c : c + n, 0] = vocab.text_ids(m.array)
+            out_mask[c : c + n, 0] = w
         elif m.kind == "codes":  # delay interleave: stream k shifted by k frames, gaps hold its pad id
             pads = vocab.audio_pads
-            delay_interleave(m.array + (pads + 1), pads, out=out_ids[c:c + n])
-            out_mask[c:c + n] = w / s
+            delay_interleave(m.array + (pads + 1), pads, out=out_ids[c : c + n])
+            out_mask[c : c + n] = w / s
         else:  # mel: placeholder frames (zero), cut into pieces of one encoder window
             for q in range(0, len(m.array), piece_frames):
                 mel_pieces.append(min(piece_frames, len(m.array) - q))
@@ -116,11 +127,22 @@ def template(ex: PreparedExample, vocab: Vocab, tokens_for: TokensFor, *, piece_
     lengths = np.asarray(mel_pieces, np.int32)
     # The pieces of a clip are consecutive slices of it: the stream is the clips in order.
     clips = [m.array for m in ex.messages if m.kind == "mel"] if mel_pieces else []
-    mel = (np.zeros((0, mel_bins), np.float32) if not clips else
-           np.asarray(clips[0], np.float32) if len(clips) == 1 else np.concatenate(clips).astype(np.float32))
-    return {"ids": out_ids, "loss_mask": out_mask, "mel": mel,
-            "mel_offset": (np.cumsum(lengths, dtype=np.int32) - lengths).astype(np.int32), "mel_lengths": lengths,
-            "mel_clip_lengths": np.asarray(mel_clip, np.int32), "mel_start": np.asarray(mel_start, np.int32)}
+    mel = (
+        np.zeros((0, mel_bins), np.float32)
+        if not clips
+        else np.asarray(clips[0], np.float32)
+        if len(clips) == 1
+        else np.concatenate(clips).astype(np.float32)
+    )
+    return {
+        "ids": out_ids,
+        "loss_mask": out_mask,
+        "mel": mel,
+        "mel_offset": (np.cumsum(lengths, dtype=np.int32) - lengths).astype(np.int32),
+        "mel_lengths": lengths,
+        "mel_clip_lengths": np.asarray(mel_clip, np.int32),
+        "mel_start": np.asarray(mel_start, np.int32),
+    }
 
 
 def guidance_candidates(ex: PreparedExample) -> list[int]:

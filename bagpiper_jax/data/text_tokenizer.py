@@ -5,6 +5,7 @@ shifts them into the unified vocabulary. For the embedded demo, :func:`train_byt
 trains a small byte-level BPE on the demo captions (Qwen3's file cannot be downloaded
 here); it is used through the same interface.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -38,8 +39,9 @@ class TextTokenizer:
 
     def check_fits(self, text_vocab_size: int):
         if self.vocab_size > text_vocab_size:
-            raise TokenizerError(f"tokenizer {self.path} has {self.vocab_size} ids but model.text_vocab_size "
-                                 f"is {text_vocab_size}")
+            raise TokenizerError(
+                f"tokenizer {self.path} has {self.vocab_size} ids but model.text_vocab_size is {text_vocab_size}"
+            )
 
     def encode(self, text: str) -> np.ndarray:
         """Text -> int32 ids ``[tokens]`` (no special tokens added)."""
@@ -54,8 +56,9 @@ def train_byte_bpe(texts: Iterable[str], vocab_size: int, out_file: str | Path) 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(texts, trainer)
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)

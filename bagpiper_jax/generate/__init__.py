@@ -6,6 +6,7 @@ Modules: :mod:`~.rules` (allowed ids and row state per step), :mod:`~.sampling`,
 :mod:`~.output` (frames -> segments -> codes/text), :mod:`~.checkpoint` (params to
 generate with), :mod:`~.generator` (the :class:`Generator` API).
 """
+
 from bagpiper_jax.generate.generator import Answer, Generation, Generator
 
 __all__ = ["Answer", "Generation", "Generator"]

@@ -12,6 +12,7 @@ frames of audio segments only (pads elsewhere), as the CFG dropout of training d
 audio segments both rows' logits combine as ``s * cond - (s - 1) * uncond`` and both
 receive the frame sampled from the result.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -88,15 +89,25 @@ def _with_unconditional(prompts: Prompts, rules: DecodeRules) -> Prompts:
     continuous = None
     if prompts.continuous is not None:
         features, frames = prompts.continuous.features, prompts.continuous.frames
-        continuous = Continuous(jnp.concatenate([features, jnp.zeros_like(features)]),
-                                jnp.concatenate([frames, jnp.full_like(frames, -1)]))
-    return Prompts(jnp.concatenate([prompts.ids, unconditional]), jnp.concatenate([prompts.first, prompts.first]),
-                   continuous)
+        continuous = Continuous(
+            jnp.concatenate([features, jnp.zeros_like(features)]), jnp.concatenate([frames, jnp.full_like(frames, -1)])
+        )
+    return Prompts(
+        jnp.concatenate([prompts.ids, unconditional]), jnp.concatenate([prompts.first, prompts.first]), continuous
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "rules", "slots"))
-def decode(graphdef: nnx.GraphDef, params: nnx.State, prompts: Prompts, key: jax.Array,
-           guidance_scale: jax.Array | None = None, *, rules: DecodeRules, slots: int) -> Decoded:
+def decode(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    prompts: Prompts,
+    key: jax.Array,
+    guidance_scale: jax.Array | None = None,
+    *,
+    rules: DecodeRules,
+    slots: int,
+) -> Decoded:
     """Generates answers for ``prompts`` with a cache of ``slots`` frames per row.
 
     ``key``: PRNG key; row ``r`` samples with ``fold_in(fold_in(key, r), slot)``, so a row's
@@ -112,8 +123,9 @@ def decode(graphdef: nnx.GraphDef, params: nnx.State, prompts: Prompts, key: jax
         raise ValueError(f"prompt of {prompt_frames} frames leaves no room in a cache of {slots} slots")
     fed = _with_unconditional(prompts, rules) if guidance else prompts
     arch = model.cfg
-    cache = KVCache.zeros(arch.layers, fed.ids.shape[0], slots, arch.kv_heads, arch.head_dim, model.compute_dtype,
-                          model.rules)
+    cache = KVCache.zeros(
+        arch.layers, fed.ids.shape[0], slots, arch.kv_heads, arch.head_dim, model.compute_dtype, model.rules
+    )
     _, cache = model.extend(fed.ids[:, :-1], fed.first, cache, jnp.int32(0), fed.continuous)
     row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(rows))
     pads = jnp.asarray(vocab.audio_pads[1:streams])
@@ -143,13 +155,20 @@ def decode(graphdef: nnx.GraphDef, params: nnx.State, prompts: Prompts, key: jax
             fed_frame = jnp.concatenate([frame, jnp.where(keep[:, None], frame, 0)])
         else:
             fed_frame = frame
-        return _Carry(cache, fed_frame, c.slot + 1, rules.advance(c.state, stream0), out,
-                      jnp.where(live, c.slot + 2, c.end))
+        return _Carry(
+            cache, fed_frame, c.slot + 1, rules.advance(c.state, stream0), out, jnp.where(live, c.slot + 2, c.end)
+        )
 
     def running(c: _Carry) -> jax.Array:
         return (c.slot + 1 < slots) & jnp.any(c.state.phase != DONE)
 
-    start = _Carry(cache, fed.ids[:, -1], jnp.int32(prompt_frames - 1), RowState.start(rows), frames,
-                   jnp.full((rows,), prompt_frames, jnp.int32))
+    start = _Carry(
+        cache,
+        fed.ids[:, -1],
+        jnp.int32(prompt_frames - 1),
+        RowState.start(rows),
+        frames,
+        jnp.full((rows,), prompt_frames, jnp.int32),
+    )
     final = jax.lax.while_loop(running, body, start)
     return Decoded(final.frames, final.end, final.state.phase == DONE)

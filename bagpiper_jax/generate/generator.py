@@ -10,6 +10,7 @@ Caption-then-process: ``answer`` makes the model write the clip's rich caption, 
 description, then the audio. :meth:`Generator.generate` is the general entry point:
 several prompts, several samples each, any segment plan.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -112,8 +113,14 @@ class Generator:
         graphdef, params = ParamsSource(checkpoint).restore(cfg, mesh)  # params only, never optimizer state
         return cls(cfg, graphdef, params, mesh)
 
-    def generate(self, prompts: Sequence[Sequence[tuple[str, str, str]]], modalities: Sequence[str | None] = (),
-                 samples: int | None = None, seed: int | None = None, guidance: bool | None = None) -> Generation:
+    def generate(
+        self,
+        prompts: Sequence[Sequence[tuple[str, str, str]]],
+        modalities: Sequence[str | None] = (),
+        samples: int | None = None,
+        seed: int | None = None,
+        guidance: bool | None = None,
+    ) -> Generation:
         """Answers every prompt ``samples`` times (default ``generate.samples``).
 
         Args:
@@ -133,8 +140,9 @@ class Generator:
         rules = DecodeRules(self.vocab, settings, plan)
         if guidance is None:
             guidance = settings.audio_guidance_scale != 1.0 and (not plan or any(m in (AUDIO, FREE) for m in plan))
-        templated = [templated_prompt(self.preparer, p, mel_bins(self.tower), f"prompt {i}")
-                     for i, p in enumerate(prompts)]
+        templated = [
+            templated_prompt(self.preparer, p, mel_bins(self.tower), f"prompt {i}") for i, p in enumerate(prompts)
+        ]
         if not templated:
             raise PromptError("no prompts given")
         rows = prompt_rows(templated, samples, self.row_multiple)
@@ -145,13 +153,19 @@ class Generator:
         model_prompts = self._model_prompts(rows)
         key = jax.random.key(settings.seed if seed is None else seed)
         scale = jnp.float32(settings.audio_guidance_scale) if guidance else None
-        signature = (rules, slots, guidance, jax.tree.structure(model_prompts),
-                     tuple((x.shape, x.dtype) for x in jax.tree.leaves(model_prompts)))
+        signature = (
+            rules,
+            slots,
+            guidance,
+            jax.tree.structure(model_prompts),
+            tuple((x.shape, x.dtype) for x in jax.tree.leaves(model_prompts)),
+        )
         with jax.set_mesh(self.mesh):
             t0 = time.perf_counter()
             if signature not in self._compiled:  # compile once per shape; timed apart from decoding
-                self._compiled[signature] = decode.lower(self.graphdef, self.params, model_prompts, key, scale,
-                                                         rules=rules, slots=slots).compile()
+                self._compiled[signature] = decode.lower(
+                    self.graphdef, self.params, model_prompts, key, scale, rules=rules, slots=slots
+                ).compile()
             compiled = self._compiled[signature]
             t1 = time.perf_counter()
             out = jax.block_until_ready(compiled(self.params, model_prompts, key, scale))
@@ -175,10 +189,15 @@ class Generator:
     def _answers(self, out: Decoded, rows: PromptRows, prompts: int, samples: int) -> list[list[Answer]]:
         frames, end, finished = (np.asarray(x) for x in (out.frames, out.end, out.finished))
         start = rows.ids.shape[1]
-        segments = {r: split_segments(frames[r], start, int(end[r])) for r in range(len(rows.prompt))
-                    if rows.prompt[r] >= 0}
-        audio = [(r, i, audio_codes(s, self.vocab)) for r, segs in segments.items() for i, s in enumerate(segs)
-                 if s.modality == "audio"]
+        segments = {
+            r: split_segments(frames[r], start, int(end[r])) for r in range(len(rows.prompt)) if rows.prompt[r] >= 0
+        }
+        audio = [
+            (r, i, audio_codes(s, self.vocab))
+            for r, segs in segments.items()
+            for i, s in enumerate(segs)
+            if s.modality == "audio"
+        ]
         nonempty = [(r, i, c) for r, i, c in audio if len(c)]
         wavs = dict(zip([(r, i) for r, i, _ in nonempty], self.preparer.codec.decode([c for _, _, c in nonempty])))
         answers: list[list[Answer]] = [[] for _ in range(prompts)]
@@ -198,8 +217,9 @@ class Generator:
 
     def answer(self, audio: str | Path, question: str) -> tuple[str, str]:
         """Caption-then-answer: ``(rich caption, answer)`` for a question about an audio file."""
-        texts = self._first(self.generate([[("user", "audio", str(audio)), ("user", "text", question)]],
-                                          ("text", "text"), samples=1)).texts()
+        texts = self._first(
+            self.generate([[("user", "audio", str(audio)), ("user", "text", question)]], ("text", "text"), samples=1)
+        ).texts()
         return texts[0], texts[1] if len(texts) > 1 else ""
 
     def generate_audio(self, description: str, caption_first: bool = True) -> tuple[str | None, np.ndarray]:

@@ -5,6 +5,7 @@ An answer is ``<|modality|> content END`` segments, consecutive ones joined by
 delay-interleaved block that :func:`audio_codes` turns back into codec codes (only the
 codec frames whose eight streams were all generated, when the cache filled mid-block).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,7 +34,7 @@ def split_segments(frames: np.ndarray, start: int, end: int) -> list[Segment]:
         modality = {TEXT: "text", AUDIO: "audio"}.get(int(frames[pos, 0]))
         if modality is None:
             raise ValueError(f"frame {pos} holds {int(frames[pos, 0])} where a modality token was expected")
-        content = frames[pos + 1:end]
+        content = frames[pos + 1 : end]
         stops = np.flatnonzero((content[:, 0] == EOS) | (content[:, 0] == EOT))
         if not len(stops):
             segments.append(Segment(modality, content, ""))
@@ -57,4 +58,4 @@ def audio_codes(segment: Segment, vocab: Vocab) -> np.ndarray:
     frames = min(codes, len(ids) - streams + 1)
     if frames <= 0:
         return np.zeros((0, streams), np.int32)
-    return ids_to_codes(delay_deinterleave(ids[:frames + streams - 1]), vocab)
+    return ids_to_codes(delay_deinterleave(ids[: frames + streams - 1]), vocab)

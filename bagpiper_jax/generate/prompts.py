@@ -9,6 +9,7 @@ slot; their continuous-audio pieces travel as in training batches
 (:class:`~bagpiper_jax.audio_encoder.pieces.MelPieces`), each piece's first token frame
 shifted by the row's padding.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,15 +45,16 @@ def templated_prompt(preparer: Preparer, messages, mel_bins: int, name: str = "p
     """One prompt's frames (ending in ``<|assistant|>``) and log-mel pieces (template format)."""
     if not messages:
         raise PromptError(f"{name} has no messages")
-    for role, modality, _ in messages:
+    for role, _, _ in messages:
         if role == "assistant":
             raise PromptError(f"{name}: prompts hold user/system messages; the answer is generated")
     example = Example(name, "dialogue", tuple(Message(*m) for m in messages))
     prepared, skipped = preparer.prepare([example])
     if skipped:
         raise PromptError(f"{name}: {skipped[0][2]}")
-    out = template(prepared[0], preparer.vocab, output_lengths, piece_frames=preparer.cfg.data.piece_frames,
-                   mel_bins=mel_bins)
+    out = template(
+        prepared[0], preparer.vocab, output_lengths, piece_frames=preparer.cfg.data.piece_frames, mel_bins=mel_bins
+    )
     role = np.zeros((1, out["ids"].shape[1]), np.int32)
     role[0, 0] = ASSISTANT
     out["ids"] = np.concatenate([out["ids"], role])
@@ -73,17 +75,19 @@ def prompt_rows(prompts: list[dict], samples: int, row_multiple: int = 1) -> Pro
     def per_piece(fill=0):
         return np.full((rows, slots), fill, np.int32)
 
-    pieces = MelPieces(np.zeros((rows, mel_frames, mel_bins), np.float32), per_piece(), per_piece(), per_piece(),
-                       per_piece(-1))
-    out = PromptRows(np.zeros((rows, frames, streams), np.int32), np.zeros((rows,), np.int32), pieces,
-                     np.asarray(order, np.int32))
+    pieces = MelPieces(
+        np.zeros((rows, mel_frames, mel_bins), np.float32), per_piece(), per_piece(), per_piece(), per_piece(-1)
+    )
+    out = PromptRows(
+        np.zeros((rows, frames, streams), np.int32), np.zeros((rows,), np.int32), pieces, np.asarray(order, np.int32)
+    )
     for r, p in enumerate(order):
         src = prompts[max(p, 0)]
         first = frames - len(src["ids"])
         out.ids[r, first:] = src["ids"]
         out.first[r] = first
         n = len(src["mel_lengths"])
-        pieces.mel[r, :len(src["mel"])] = src["mel"]
+        pieces.mel[r, : len(src["mel"])] = src["mel"]
         pieces.offset[r, :n] = src["mel_offset"]
         pieces.lengths[r, :n] = src["mel_lengths"]
         pieces.clip_lengths[r, :n] = src["mel_clip_lengths"]

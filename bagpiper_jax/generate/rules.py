@@ -21,6 +21,7 @@ is the END frame (stream 0 an END token, others 0). END tokens: ``<|eot|>`` only
 more segments may follow, ``<|eos|>`` only where the plan ends (free choice without a
 plan, ``<|eos|>`` forced in segment ``max_segments - 1``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,16 +98,23 @@ class DecodeRules:
         modality = jnp.where(planned == FREE, (ids == TEXT) | (ids == AUDIO), ids == planned)
         step, audio_end = per_row(state.step), per_row(state.audio_end)
         is_text = (ids >= vocab.text_offset) & (ids < vocab.audio_offset)
-        text = ((is_text & (step < limits.max_text_frames))
-                | (ends & (step >= min(limits.min_text_frames, limits.max_text_frames))))
+        text = (is_text & (step < limits.max_text_frames)) | (
+            ends & (step >= min(limits.min_text_frames, limits.max_text_frames))
+        )
         pad0, (_, end0) = vocab.audio_pad(0), vocab.stream_range(0)
         codes = (ids > pad0) & (ids < end0) & (step < limits.max_audio_frames)
         may_end_codes = (ids == pad0) & (step >= min(limits.min_audio_frames, limits.max_audio_frames))
-        audio = jnp.where(step == audio_end + vocab.num_streams - 1, ends,
-                          jnp.where(step >= audio_end, ids == pad0, codes | may_end_codes))
+        audio = jnp.where(
+            step == audio_end + vocab.num_streams - 1,
+            ends,
+            jnp.where(step >= audio_end, ids == pad0, codes | may_end_codes),
+        )
         phase = per_row(state.phase)
-        return jnp.select([phase == MODALITY, phase == TEXT_PHASE, phase == AUDIO_PHASE, phase == ROLE],
-                          [modality, text, audio, ids == ASSISTANT], ids == PAD)
+        return jnp.select(
+            [phase == MODALITY, phase == TEXT_PHASE, phase == AUDIO_PHASE, phase == ROLE],
+            [modality, text, audio, ids == ASSISTANT],
+            ids == PAD,
+        )
 
     def rest_allowed(self, state: RowState) -> tuple[jax.Array, jax.Array]:
         """Streams 1..S-1: ``(allowed [rows, S-1, stream_block], zero [rows])``. ``allowed``
@@ -128,19 +136,27 @@ class DecodeRules:
         after_end = jnp.where(stream0 == EOT, ROLE, DONE)
         phase = jnp.select(
             [state.phase == MODALITY, ending, state.phase == ROLE],
-            [jnp.where(stream0 == AUDIO, AUDIO_PHASE, TEXT_PHASE), after_end, MODALITY], state.phase)
-        ends_codes = ((state.phase == AUDIO_PHASE) & (stream0 == self.vocab.audio_pad(0))
-                      & (state.audio_end == NOT_ENDED))
+            [jnp.where(stream0 == AUDIO, AUDIO_PHASE, TEXT_PHASE), after_end, MODALITY],
+            state.phase,
+        )
+        ends_codes = (
+            (state.phase == AUDIO_PHASE) & (stream0 == self.vocab.audio_pad(0)) & (state.audio_end == NOT_ENDED)
+        )
         fresh = (state.phase == MODALITY) | ending
-        return RowState(phase=phase,
-                        segment=state.segment + (ending & (stream0 == EOT)),
-                        step=jnp.where(fresh, 0, state.step + 1),
-                        audio_end=jnp.where(fresh, NOT_ENDED, jnp.where(ends_codes, state.step, state.audio_end)))
+        return RowState(
+            phase=phase,
+            segment=state.segment + (ending & (stream0 == EOT)),
+            step=jnp.where(fresh, 0, state.step + 1),
+            audio_end=jnp.where(fresh, NOT_ENDED, jnp.where(ends_codes, state.step, state.audio_end)),
+        )
 
     def unconditional_keeps(self, state: RowState, stream0: jax.Array) -> jax.Array:
         """``[rows]`` bool: whether the guidance row sees the decided frame (the frames of
         audio segments: role, modality, content, END) rather than a pad frame. A role frame
         is kept unless the plan says the coming segment is text (whether a freely chosen
         segment is audio is only known one frame later)."""
-        return (((state.phase == MODALITY) & (stream0 == AUDIO)) | (state.phase == AUDIO_PHASE)
-                | ((state.phase == ROLE) & (self.planned(state.segment) != TEXT)))
+        return (
+            ((state.phase == MODALITY) & (stream0 == AUDIO))
+            | (state.phase == AUDIO_PHASE)
+            | ((state.phase == ROLE) & (self.planned(state.segment) != TEXT))
+        )

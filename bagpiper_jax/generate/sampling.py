@@ -1,12 +1,14 @@
 """Restricted sampling: mask, top-k cut, temperature (0 = greedy), explicit PRNG keys."""
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
 
-def sample(logits: jax.Array, allowed: jax.Array, temperature: jax.Array, top_k: jax.Array, keys: jax.Array,
-           max_top_k: int) -> jax.Array:
+def sample(
+    logits: jax.Array, allowed: jax.Array, temperature: jax.Array, top_k: jax.Array, keys: jax.Array, max_top_k: int
+) -> jax.Array:
     """Draws one id per row (and per inner position) among the allowed ones.
 
     Args:

@@ -1,4 +1,5 @@
 """Qwen3 grouped-query self-attention with per-head q/k RMSNorm and RoPE."""
+
 from __future__ import annotations
 
 import jax
@@ -36,8 +37,15 @@ class Attention(nnx.Module):
         q, k, v = self.project(x, positions)
         return self.output(checkpoint_name(self.kernel(q, k, v, segment_ids), "attention_out"))
 
-    def extend(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
-               start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def extend(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        cache_k: jax.Array,
+        cache_v: jax.Array,
+        start: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Attention of ``x [batch, frames, hidden]`` (the frames at cache slots ``start ...``)
         over one layer's cache ``[batch, slots, kv_heads, head_dim]`` with these frames written
         in; ``mask [batch, frames, slots]`` (see :mod:`bagpiper_jax.model.kv_cache`).

@@ -21,6 +21,7 @@ rows over the mesh axes of ``activation_batch``, heads over those of
 ``splash`` is not tied to the current backend so that a CPU host can compile it for TPU
 ahead of time (``bench/compile_tpu.py``); run on CPU, it needs ``interpret=True``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,7 +61,7 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Arr
     q = q.reshape(batch, frames, kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)
     q = q.reshape(batch, kv_heads, group * frames, head_dim)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [batch, kv_heads, frames, head_dim]
-    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) * head_dim ** -0.5
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) * head_dim**-0.5
     scores = scores.reshape(batch, kv_heads, group, frames, frames)
     scores = jnp.where(segment_causal_mask(segment_ids)[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(batch, kv_heads, group * frames, frames)
@@ -78,8 +79,10 @@ def _tile(block: int, frames: int, what: str) -> int:
     """``block`` clamped to ``frames``; an error unless it divides ``frames``."""
     tile = min(block, frames)
     if frames % tile:
-        raise ValueError(f"{what}: {frames} frames per row are not a multiple of the {tile}-frame tile; "
-                         f"choose data.row_frames / the runtime.*_block_* sizes so that they divide")
+        raise ValueError(
+            f"{what}: {frames} frames per row are not a multiple of the {tile}-frame tile; "
+            f"choose data.row_frames / the runtime.*_block_* sizes so that they divide"
+        )
     return tile
 
 
@@ -95,16 +98,22 @@ def _shard_over_mesh(local: AttentionKernel, rules: Rules) -> AttentionKernel:
         q_spec = logical_to_spec(("activation_batch", None, "activation_heads", None), rules)
         kv_spec = logical_to_spec(("activation_batch", None, "activation_kv_heads", None), rules)
         seg_spec = PartitionSpec(q_spec[0], None)
-        for what, size, axes in (("rows", q.shape[0], q_spec[0]), ("heads", q.shape[2], q_spec[2]),
-                                 ("kv_heads", k.shape[2], kv_spec[2])):
+        for what, size, axes in (
+            ("rows", q.shape[0], q_spec[0]),
+            ("heads", q.shape[2], q_spec[2]),
+            ("kv_heads", k.shape[2], kv_spec[2]),
+        ):
             axes = axes if isinstance(axes, tuple) else (axes,)
             shards = math.prod(mesh.shape[a] for a in axes if a is not None)
             if size % shards:
                 hint = " (rows per micro-batch = data.batch_rows / train.grad_accum)" if what == "rows" else ""
-                raise ValueError(f"Pallas attention splits {what} over mesh axes {axes} ({shards} shards), but "
-                                 f"there are {size}{hint}; use a multiple, or runtime.attention=xla")
-        return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec), out_specs=q_spec,
-                             check_vma=False)(q, k, v, segment_ids)
+                raise ValueError(
+                    f"Pallas attention splits {what} over mesh axes {axes} ({shards} shards), but "
+                    f"there are {size}{hint}; use a multiple, or runtime.attention=xla"
+                )
+        return jax.shard_map(
+            local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec), out_specs=q_spec, check_vma=False
+        )(q, k, v, segment_ids)
 
     return sharded
 
@@ -136,19 +145,25 @@ class SplashAttention:
         backward = dict(block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv_compute)
         if not self.fused_bwd:
             backward.update(block_q_dq=bq, block_kv_dq=bkv)
-        return splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv_compute,
-                                 use_fused_bwd_kernel=self.fused_bwd, **backward)
+        return splash.BlockSizes(
+            block_q=bq, block_kv=bkv, block_kv_compute=bkv_compute, use_fused_bwd_kernel=self.fused_bwd, **backward
+        )
 
     def local(self, q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array) -> jax.Array:
         """The kernel on unsharded arrays (one device's rows and heads)."""
         _, frames, heads, head_dim = q.shape
         mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((frames, frames))] * heads)
-        kernel = splash.make_splash_mha(mask, block_sizes=self.block_sizes(frames), head_shards=1, q_seq_shards=1,
-                                        interpret=self.interpret)
+        kernel = splash.make_splash_mha(
+            mask, block_sizes=self.block_sizes(frames), head_shards=1, q_seq_shards=1, interpret=self.interpret
+        )
 
         def row(q, k, v, seg):  # [frames, heads, head_dim] -> kernel layout [heads, frames, head_dim]
-            out = kernel((q * head_dim ** -0.5).swapaxes(0, 1), k.swapaxes(0, 1), v.swapaxes(0, 1),
-                         splash.SegmentIds(q=seg, kv=seg))
+            out = kernel(
+                (q * head_dim**-0.5).swapaxes(0, 1),
+                k.swapaxes(0, 1),
+                v.swapaxes(0, 1),
+                splash.SegmentIds(q=seg, kv=seg),
+            )
             return out.swapaxes(0, 1)
 
         return jax.vmap(row)(q, k, v, segment_ids)
@@ -178,11 +193,24 @@ class PallasGpuAttention:
         frames, heads, head_dim = q.shape[1:]
         group = heads // k.shape[2]
         bwd = _tile(self.block_bwd, frames, "pallas_gpu backward")
-        blocks = pallas_gpu.BlockSizes(block_q=_tile(self.block_q, frames, "pallas_gpu"),
-                                       block_k=_tile(self.block_kv, frames, "pallas_gpu"),
-                                       block_q_dkv=bwd, block_kv_dkv=bwd, block_q_dq=bwd, block_kv_dq=bwd)
-        return pallas_gpu.mha(q, jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2), segment_ids,
-                              sm_scale=head_dim ** -0.5, causal=True, block_sizes=blocks, interpret=self.interpret)
+        blocks = pallas_gpu.BlockSizes(
+            block_q=_tile(self.block_q, frames, "pallas_gpu"),
+            block_k=_tile(self.block_kv, frames, "pallas_gpu"),
+            block_q_dkv=bwd,
+            block_kv_dkv=bwd,
+            block_q_dq=bwd,
+            block_kv_dq=bwd,
+        )
+        return pallas_gpu.mha(
+            q,
+            jnp.repeat(k, group, axis=2),
+            jnp.repeat(v, group, axis=2),
+            segment_ids,
+            sm_scale=head_dim**-0.5,
+            causal=True,
+            block_sizes=blocks,
+            interpret=self.interpret,
+        )
 
     def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array) -> jax.Array:
         return _shard_over_mesh(self.local, self.rules)(q, k, v, segment_ids)
@@ -198,7 +226,8 @@ def get_kernel(cfg: RuntimeConfig, rules: Rules = ()) -> AttentionKernel:
     if name in _GPU_ONLY and jax.default_backend() != "gpu":
         raise NotImplementedError(
             f"attention kernel {name!r} needs a GPU, the backend here is {jax.default_backend()!r}; "
-            f"set runtime.attention=xla (or splash on TPU)")
+            f"set runtime.attention=xla (or splash on TPU)"
+        )
     if name == "xla":
         return xla_attention
     if name == "cudnn":
@@ -206,6 +235,7 @@ def get_kernel(cfg: RuntimeConfig, rules: Rules = ()) -> AttentionKernel:
     if name == "pallas_gpu":
         return PallasGpuAttention(cfg.gpu_block_q, cfg.gpu_block_kv, cfg.gpu_block_bwd, rules)
     if name == "splash":
-        return SplashAttention(cfg.splash_block_q, cfg.splash_block_kv, cfg.splash_block_kv_compute,
-                               cfg.splash_fused_bwd, rules)
+        return SplashAttention(
+            cfg.splash_block_q, cfg.splash_block_kv, cfg.splash_block_kv_compute, cfg.splash_fused_bwd, rules
+        )
     raise ValueError(f"unknown attention kernel {name!r}")

@@ -5,6 +5,7 @@ embedding rows, where a stream >= 1 holding id 0 (pad) contributes nothing. Fram
 continuous-audio segment are replaced by ``adaptor(encoder features)``. The final hidden
 state feeds one shared lm_head; streams >= 1 first add their learned stream embedding.
 """
+
 from __future__ import annotations
 
 import jax
@@ -35,8 +36,9 @@ class Bagpiper(nnx.Module):
     continuous audio, :class:`Continuous` features from the frozen tower.
     """
 
-    def __init__(self, cfg: ModelConfig, runtime: RuntimeConfig = RuntimeConfig(), rules: Rules = (), *,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: ModelConfig, runtime: RuntimeConfig = RuntimeConfig(), rules: Rules = (), *, rngs: nnx.Rngs
+    ):
         self.cfg = cfg
         self.runtime = runtime
         self.vocab = Vocab.from_config(cfg)
@@ -44,8 +46,9 @@ class Bagpiper(nnx.Module):
         init = jax.nn.initializers.normal(cfg.init_std)
         dtype = jnp.dtype(runtime.param_dtype)
         self.embed = param(init(rngs.params(), (self.vocab.size, cfg.hidden), dtype), ("vocab", "embed"))
-        self.adaptor_kernel = param(init(rngs.params(), (cfg.continuous_dim, cfg.hidden), dtype),
-                                    ("continuous", "embed"))
+        self.adaptor_kernel = param(
+            init(rngs.params(), (cfg.continuous_dim, cfg.hidden), dtype), ("continuous", "embed")
+        )
         self.adaptor_bias = param(jnp.zeros((cfg.hidden,), dtype), ("embed",))
         self.decoder = Decoder(cfg, runtime, rules, rngs=rngs)
         self.final_norm = RMSNorm(cfg.hidden, cfg.rms_eps, param_dtype=dtype)
@@ -73,8 +76,8 @@ class Bagpiper(nnx.Module):
         """Replaces frames ``continuous.frames [batch, n]`` of ``x`` by
         ``adaptor(continuous.features [batch, n, c])``."""
         dtype = self.compute_dtype
-        adapted = (continuous.features.astype(dtype) @ self.adaptor_kernel[...].astype(dtype)
-                   + self.adaptor_bias[...].astype(dtype))
+        kernel, bias = self.adaptor_kernel[...].astype(dtype), self.adaptor_bias[...].astype(dtype)
+        adapted = continuous.features.astype(dtype) @ kernel + bias
         index = jnp.where(continuous.frames >= 0, continuous.frames, x.shape[1])  # out of range -> dropped
         rows = jnp.arange(x.shape[0])[:, None]
         return x.at[rows, index].set(adapted, mode="drop")
@@ -97,8 +100,9 @@ class Bagpiper(nnx.Module):
             x = self.inject_continuous(x, continuous)
         return constrain(x, HIDDEN_AXES, self.rules)
 
-    def extend(self, ids: jax.Array, first: jax.Array, cache: KVCache, start: jax.Array,
-               continuous: Continuous | None = None) -> tuple[jax.Array, KVCache]:
+    def extend(
+        self, ids: jax.Array, first: jax.Array, cache: KVCache, start: jax.Array, continuous: Continuous | None = None
+    ) -> tuple[jax.Array, KVCache]:
         """Incremental forward: frames ``ids [batch, frames, streams]`` at cache slots
         ``start ...`` of left-padded rows (row ``b`` starts at slot ``first [batch]``; see
         :mod:`bagpiper_jax.model.kv_cache`). ``continuous.frames`` index these frames.
@@ -123,12 +127,21 @@ class Bagpiper(nnx.Module):
         v = self.vocab
         logits0 = jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
         hs = hidden[:, :, None, :] + self.stream_emb[1:].astype(hidden.dtype)
-        audio_head = head[:, v.audio_offset:v.audio_offset + v.audio_size]
+        audio_head = head[:, v.audio_offset : v.audio_offset + v.audio_size]
         return logits0, jnp.einsum("btsd,dv->btsv", hs, audio_head, preferred_element_type=jnp.float32)
 
     def loss(self, batch: Batch, continuous: Continuous | None = None, denominator: jax.Array | None = None):
         """``(loss, metric sums)`` of docs/model.md, Loss (see :mod:`bagpiper_jax.model.loss`)."""
         hidden = self.hidden_states(batch, continuous)
-        return multistream_loss(hidden, self.lm_head[...], self.stream_emb[...], batch.ids,
-                                batch.loss_mask, batch.segment_ids, self.vocab, self.runtime.loss_chunk,
-                                self.rules, denominator)
+        return multistream_loss(
+            hidden,
+            self.lm_head[...],
+            self.stream_emb[...],
+            batch.ids,
+            batch.loss_mask,
+            batch.segment_ids,
+            self.vocab,
+            self.runtime.loss_chunk,
+            self.rules,
+            denominator,
+        )

@@ -4,6 +4,7 @@ The Grain pipeline produces it (numpy, this process's rows), ``to_global_arrays`
 it into global ``jax.Array`` s sharded by :meth:`Batch.shardings`, and the train program
 compiles against :meth:`Batch.abstract`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,14 +55,20 @@ class Batch:
         """Shapes and dtypes of ``rows`` packed rows of ``cfg``'s data layout (with pieces)."""
         frames, streams, d = cfg.data.row_frames, cfg.model.num_streams, cfg.data
         spec = jax.ShapeDtypeStruct
-        return cls(spec((rows, frames, streams), jnp.int32), spec((rows, frames), jnp.int32),
-                   spec((rows, frames), jnp.int32), spec((rows, frames, streams), jnp.float32),
-                   MelPieces.abstract(rows, d.mel_frames_per_row, d.max_pieces_per_row, mel_bins))
+        return cls(
+            spec((rows, frames, streams), jnp.int32),
+            spec((rows, frames), jnp.int32),
+            spec((rows, frames), jnp.int32),
+            spec((rows, frames, streams), jnp.float32),
+            MelPieces.abstract(rows, d.mel_frames_per_row, d.max_pieces_per_row, mel_bins),
+        )
 
     def shardings(self, mesh: Mesh, rules: Rules) -> Batch:
         """``NamedSharding`` s of every field (rows over the batch axes of ``rules``)."""
+
         def named(axes):
             return NamedSharding(mesh, logical_to_spec(axes, rules))
+
         pieces = None if self.pieces is None else MelPieces(**{k: named(a) for k, a in MelPieces.AXES.items()})
         return Batch(**{k: named(a) for k, a in self.AXES.items()}, pieces=pieces)
 

@@ -1,4 +1,5 @@
 """Building the model abstractly (no allocation) or directly sharded on a mesh."""
+
 from __future__ import annotations
 
 import jax
@@ -10,8 +11,9 @@ from bagpiper_jax.model.bagpiper import Bagpiper
 from bagpiper_jax.sharding import Rules, state_shardings
 
 
-def abstract_model(cfg: ModelConfig, runtime: RuntimeConfig = RuntimeConfig(),
-                   rules: Rules = ()) -> tuple[nnx.GraphDef, nnx.State]:
+def abstract_model(
+    cfg: ModelConfig, runtime: RuntimeConfig = RuntimeConfig(), rules: Rules = ()
+) -> tuple[nnx.GraphDef, nnx.State]:
     """Graph definition and a state of ``jax.ShapeDtypeStruct`` (nothing allocated)."""
     return nnx.split(nnx.eval_shape(lambda: Bagpiper(cfg, runtime, rules, rngs=nnx.Rngs(0))))
 

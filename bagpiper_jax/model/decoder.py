@@ -1,4 +1,5 @@
 """The Qwen3 decoder: pre-norm blocks, stacked along a "layers" axis and scanned."""
+
 from __future__ import annotations
 
 import jax
@@ -20,7 +21,8 @@ _policies = jax.checkpoint_policies
 REMAT_POLICIES = {
     "dots": _policies.dots_with_no_batch_dims_saveable,  # every projection's output
     "dots_attention": _policies.save_from_both_policies(  # ... and the attention kernel's output
-        _policies.dots_with_no_batch_dims_saveable, _policies.save_only_these_names("attention_out")),
+        _policies.dots_with_no_batch_dims_saveable, _policies.save_only_these_names("attention_out")
+    ),
     "qkv_attention": _policies.save_only_these_names("query", "key", "value", "attention_out"),  # MLP recomputed
     "full": _policies.nothing_saveable,
 }
@@ -39,8 +41,15 @@ class Block(nnx.Module):
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
         return self.feed_forward(x + self.attn(self.attn_norm(x), positions, segment_ids))
 
-    def extend(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
-               start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def extend(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        cache_k: jax.Array,
+        cache_v: jax.Array,
+        start: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """The block over cached frames (see :meth:`Attention.extend`); returns ``(x, k, v)``."""
         out, k, v = self.attn.extend(self.attn_norm(x), positions, mask, cache_k, cache_v, start)
         return self.feed_forward(x + out), k, v
@@ -76,8 +85,9 @@ class Decoder(nnx.Module):
         x, _ = jax.lax.scan(step, x, stacked)
         return x
 
-    def extend(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache,
-               start: jax.Array) -> tuple[jax.Array, KVCache]:
+    def extend(
+        self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache, start: jax.Array
+    ) -> tuple[jax.Array, KVCache]:
         """Runs frames ``x [batch, frames, hidden]`` at cache slots ``start ...`` through every
         layer, attending over ``cache`` (``mask [batch, frames, slots]``), and stores their
         keys/values there. One scan over the layers carrying the cache, updated in place."""

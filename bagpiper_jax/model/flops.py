@@ -1,4 +1,5 @@
 """Exact parameter counts and model FLOPs per frame (for MFU)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,7 @@ class ParamCount:
 
     @property
     def total(self) -> int:
-        return (self.layers + self.embed + self.lm_head + self.final_norm + self.stream_emb
-                + self.adaptor)
+        return self.layers + self.embed + self.lm_head + self.final_norm + self.stream_emb + self.adaptor
 
 
 def param_count(cfg: ModelConfig) -> ParamCount:
@@ -29,9 +29,15 @@ def param_count(cfg: ModelConfig) -> ParamCount:
     attn = d * cfg.heads * hd * 2 + d * cfg.kv_heads * hd * 2
     per_layer = attn + 3 * d * cfg.mlp + 2 * d + 2 * hd
     v = Vocab.from_config(cfg).size
-    return ParamCount(per_layer=per_layer, layers=cfg.layers * per_layer, embed=v * d, lm_head=d * v,
-                      final_norm=d, stream_emb=cfg.num_streams * d,
-                      adaptor=cfg.continuous_dim * d + d)
+    return ParamCount(
+        per_layer=per_layer,
+        layers=cfg.layers * per_layer,
+        embed=v * d,
+        lm_head=d * v,
+        final_norm=d,
+        stream_emb=cfg.num_streams * d,
+        adaptor=cfg.continuous_dim * d + d,
+    )
 
 
 def train_flops_per_frame(cfg: ModelConfig, seq_len: int) -> float:
@@ -45,8 +51,7 @@ def train_flops_per_frame(cfg: ModelConfig, seq_len: int) -> float:
     """
     v = Vocab.from_config(cfg)
     d = cfg.hidden
-    layer_matmul = d * (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim + cfg.heads * cfg.head_dim * d \
-        + 3 * d * cfg.mlp
+    layer_matmul = d * (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim + cfg.heads * cfg.head_dim * d + 3 * d * cfg.mlp
     head = d * v.size + (cfg.num_streams - 1) * d * v.audio_size
     dense = 6 * (cfg.layers * layer_matmul + head)
     attention = 12 * cfg.layers * cfg.heads * cfg.head_dim * seq_len

@@ -6,6 +6,7 @@ occupy slots ``first[b], first[b] + 1, ...`` and all rows write the same slot ra
 each call (one ``dynamic_update_slice``), so a step costs the same for every row and the
 write happens in place. Frame ``slot`` of row ``b`` has RoPE position ``slot - first[b]``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,10 +28,12 @@ class KVCache:
     v: jax.Array
 
     @classmethod
-    def zeros(cls, layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype,
-              rules: Rules = ()) -> KVCache:
+    def zeros(
+        cls, layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype, rules: Rules = ()
+    ) -> KVCache:
         def slab():
             return constrain(jnp.zeros((layers, batch, slots, kv_heads, head_dim), dtype), CACHE_AXES, rules)
+
         return cls(slab(), slab())
 
     @property
@@ -53,7 +56,7 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
     batch, frames, heads, head_dim = q.shape
     kv_heads = k.shape[2]
     q = q.reshape(batch, frames, kv_heads, heads // kv_heads, head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * head_dim ** -0.5
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * head_dim**-0.5
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)

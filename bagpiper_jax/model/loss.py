@@ -12,6 +12,7 @@ Logits are computed one chunk of ``chunk`` frames at a time inside a remateriali
 scan, so neither ``[batch, frames, vocab]`` nor ``[batch, frames, streams-1, audio]``
 fp32 logits ever exist whole, in the forward or the backward pass.
 """
+
 from __future__ import annotations
 
 import jax
@@ -53,9 +54,18 @@ def loss_positions(ids: jax.Array, loss_mask: jax.Array, segment_ids: jax.Array,
     return jnp.sum(weights[..., 0] != 0).astype(jnp.float32)
 
 
-def multistream_loss(hidden: jax.Array, head: jax.Array, stream_emb: jax.Array, ids: jax.Array,
-                     loss_mask: jax.Array, segment_ids: jax.Array, vocab: Vocab, chunk: int,
-                     rules: Rules = (), denominator: jax.Array | None = None):
+def multistream_loss(
+    hidden: jax.Array,
+    head: jax.Array,
+    stream_emb: jax.Array,
+    ids: jax.Array,
+    loss_mask: jax.Array,
+    segment_ids: jax.Array,
+    vocab: Vocab,
+    chunk: int,
+    rules: Rules = (),
+    denominator: jax.Array | None = None,
+):
     """Loss and per-stream metric sums.
 
     Args:
@@ -69,7 +79,7 @@ def multistream_loss(hidden: jax.Array, head: jax.Array, stream_emb: jax.Array, 
       ``stream_weight`` (each ``[streams]``) and ``positions``; see :func:`stream_metrics`.
     """
     targets, weights = next_frame_targets(ids, loss_mask, segment_ids, vocab)
-    batch, frames, dim = hidden.shape
+    batch, frames, _ = hidden.shape
     chunk = min(chunk, frames)
     pad = -frames % chunk
     if pad:
@@ -83,7 +93,7 @@ def multistream_loss(hidden: jax.Array, head: jax.Array, stream_emb: jax.Array, 
 
     dtype = hidden.dtype
     head = head.astype(dtype)
-    audio_head = head[:, vocab.audio_offset:vocab.audio_offset + vocab.audio_size]
+    audio_head = head[:, vocab.audio_offset : vocab.audio_offset + vocab.audio_size]
     extra = stream_emb[1:].astype(dtype)  # [streams-1, hidden]
 
     def chunk_stats(carry, xs):
@@ -101,18 +111,27 @@ def multistream_loss(hidden: jax.Array, head: jax.Array, stream_emb: jax.Array, 
 
     zeros = jnp.zeros((ids.shape[-1],), jnp.float32)
     (loss_sum, correct_sum), _ = jax.lax.scan(
-        jax.checkpoint(chunk_stats, prevent_cse=False), (zeros, zeros),
-        (chunked(hidden), chunked(targets), chunked(weights)))
+        jax.checkpoint(chunk_stats, prevent_cse=False),
+        (zeros, zeros),
+        (chunked(hidden), chunked(targets), chunked(weights)),
+    )
     positions = jnp.sum(weights[..., 0] != 0).astype(jnp.float32)
     loss = jnp.sum(loss_sum) / jnp.maximum(positions if denominator is None else denominator, 1.0)
-    sums = {"stream_loss_sum": loss_sum, "stream_correct_sum": correct_sum,
-            "stream_weight": jnp.sum(weights, axis=(0, 1)), "positions": positions}
+    sums = {
+        "stream_loss_sum": loss_sum,
+        "stream_correct_sum": correct_sum,
+        "stream_weight": jnp.sum(weights, axis=(0, 1)),
+        "positions": positions,
+    }
     return loss, sums
 
 
 def stream_metrics(sums: dict) -> dict:
     """Per-stream weighted-mean loss and accuracy ``[streams]`` from (accumulated) sums."""
     safe = jnp.maximum(sums["stream_weight"], 1e-9)
-    return {"loss": jnp.sum(sums["stream_loss_sum"]) / jnp.maximum(sums["positions"], 1.0),
-            "stream_loss": sums["stream_loss_sum"] / safe, "stream_accuracy": sums["stream_correct_sum"] / safe,
-            "positions": sums["positions"]}
+    return {
+        "loss": jnp.sum(sums["stream_loss_sum"]) / jnp.maximum(sums["positions"], 1.0),
+        "stream_loss": sums["stream_loss_sum"] / safe,
+        "stream_accuracy": sums["stream_correct_sum"] / safe,
+        "positions": sums["positions"],
+    }

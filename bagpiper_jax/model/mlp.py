@@ -1,4 +1,5 @@
 """SwiGLU feed-forward block (Qwen3 MLP, no biases)."""
+
 from __future__ import annotations
 
 import jax

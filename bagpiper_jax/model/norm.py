@@ -1,4 +1,5 @@
 """RMSNorm as in HF Qwen3: statistics and scaling in float32."""
+
 from __future__ import annotations
 
 import jax

@@ -1,4 +1,5 @@
 """Rotary position embedding, HF "rotate-half" convention."""
+
 from __future__ import annotations
 
 import jax

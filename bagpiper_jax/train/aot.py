@@ -3,13 +3,15 @@
 Nothing is allocated: the train state, the frozen audio tower and the batch are
 ``jax.ShapeDtypeStruct`` s carrying their shardings, so the 8B step compiles on a CPU host,
 including for a TPU pod slice described by :func:`tpu_devices` (compile-only devices from
-``libtpu``; no TPU needed); the step is :func:`bagpiper_jax.train.program.build_program`. The compiled step's ``memory_analysis()`` gives per-device HBM.
+``libtpu``; no TPU needed); the step is :func:`bagpiper_jax.train.program.build_program`.
+The compiled step's ``memory_analysis()`` gives per-device HBM.
 
     devices = tpu_devices("v5p:4x4x8")
     mesh = make_mesh(cfg.mesh, devices)
     compiled, seconds = build_program(cfg, mesh, FrozenTower.abstract(mesh, cfg.mesh.rules)).compile()
     device_memory_gib(compiled)  # {"argument_gib": ..., "temp_gib": ..., "total_gib": ...}
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,5 +1,6 @@
 """Training logs: ``metrics.jsonl`` (one object per logged step), TensorBoard events and a
 loss-curve PNG, all under the run directory. Only process 0 writes."""
+
 from __future__ import annotations
 
 import json
@@ -50,6 +51,7 @@ class MetricsLog:
         if not self.enabled or not path.is_file():
             return None
         from matplotlib.figure import Figure  # slow to import; used once, at the end of a run
+
         records = [json.loads(line) for line in path.read_text().splitlines()]
         fig = Figure(figsize=(7, 4))
         ax = fig.subplots()

@@ -5,6 +5,7 @@ abstract inputs.
 ``bagpiper-train`` runs it; ``bagpiper_jax.train.aot`` and the benchmarks compile the
 same program for other devices (a TPU slice described from a CPU host, one GPU).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,8 +46,11 @@ class TrainProgram:
         with jax.set_mesh(self.mesh):
             start = time.perf_counter()
             tower_params = None if self.tower is None else self.tower.params
-            compiled = self.train_step.lower(with_shardings(self.abstract, self.state_shardings), tower_params,
-                                             with_shardings(self.example, self.batch_shardings)).compile()
+            compiled = self.train_step.lower(
+                with_shardings(self.abstract, self.state_shardings),
+                tower_params,
+                with_shardings(self.example, self.batch_shardings),
+            ).compile()
         return compiled, time.perf_counter() - start
 
 
@@ -56,8 +60,9 @@ def build_program(cfg: Config, mesh: Mesh, tower: FrozenTower | None = None) -> 
     ``tower`` encodes the batch's continuous audio (None: the model takes none)."""
     rules, tx = cfg.mesh.rules, make_optimizer(cfg.train)
     if cfg.data.batch_rows % cfg.train.grad_accum:
-        raise ConfigError(f"data.batch_rows={cfg.data.batch_rows} is not a multiple of "
-                          f"train.grad_accum={cfg.train.grad_accum}")
+        raise ConfigError(
+            f"data.batch_rows={cfg.data.batch_rows} is not a multiple of train.grad_accum={cfg.train.grad_accum}"
+        )
     if tower is not None:
         tower.check_fits(cfg.model.continuous_dim, cfg.data.piece_frames)
     graphdef, abstract_params = abstract_model(cfg.model, cfg.runtime, rules)
@@ -67,5 +72,10 @@ def build_program(cfg: Config, mesh: Mesh, tower: FrozenTower | None = None) -> 
     batch_sh = example.shardings(mesh, rules)
     train_step, eval_step = jit_steps(
         make_train_step(graphdef, tower, tx, learning_rate(cfg.train), cfg.train.grad_accum),
-        make_eval_step(graphdef, tower), state_sh, None if tower is None else tower.shardings, batch_sh, mesh)
+        make_eval_step(graphdef, tower),
+        state_sh,
+        None if tower is None else tower.shardings,
+        batch_sh,
+        mesh,
+    )
     return TrainProgram(mesh, graphdef, tx, abstract, state_sh, batch_sh, example, tower, train_step, eval_step)

@@ -3,6 +3,7 @@
 Only the transformer's params are trained. The frozen audio encoder is carried beside the
 state (its own argument of the step): it gets no gradient and no optimizer state.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,18 +29,19 @@ class TrainState:
 
 def abstract_state(abstract_params: nnx.State, tx: optax.GradientTransformation) -> TrainState:
     """The state's shapes, no allocation."""
-    return TrainState(abstract_params, jax.eval_shape(tx.init, abstract_params),
-                      jax.ShapeDtypeStruct((), jnp.int32))
+    return TrainState(abstract_params, jax.eval_shape(tx.init, abstract_params), jax.ShapeDtypeStruct((), jnp.int32))
 
 
 def train_state_shardings(abstract: TrainState, mesh: Mesh, rules: Rules) -> TrainState:
     """Params and Adam moments follow the params' logical axes; scalars are replicated."""
-    return TrainState(state_shardings(abstract.params, mesh, rules), state_shardings(abstract.opt_state, mesh, rules),
-                      NamedSharding(mesh, PartitionSpec()))
+    return TrainState(
+        state_shardings(abstract.params, mesh, rules),
+        state_shardings(abstract.opt_state, mesh, rules),
+        NamedSharding(mesh, PartitionSpec()),
+    )
 
 
 def init_state(params: nnx.State, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
     """A step-0 state around already-sharded ``params``."""
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
     return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), shardings.step))
-

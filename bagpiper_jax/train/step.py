@@ -6,6 +6,7 @@ the batch rows into ``grad_accum`` strided micro-batches (each device keeps an e
 of every micro-batch) and scans over them; every micro-batch loss is divided by the whole
 batch's loss positions, so the summed gradient equals the gradient of one big batch.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -26,16 +27,22 @@ def _add(a, b):
     return jax.tree.map(jnp.add, a, b)
 
 
-def _model_loss(graphdef: nnx.GraphDef, params, tower: FrozenTower | None, tower_params, batch: Batch,
-                denominator=None):
+def _model_loss(
+    graphdef: nnx.GraphDef, params, tower: FrozenTower | None, tower_params, batch: Batch, denominator=None
+):
     """``(loss, metric sums)`` of the model rebuilt from ``graphdef`` and ``params``, its
     continuous audio encoded by the frozen ``tower``."""
     continuous = None if tower is None or batch.pieces is None else tower.encode(tower_params, batch.pieces)
     return nnx.merge(graphdef, params).loss(batch, continuous, denominator)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tower: FrozenTower | None, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, grad_accum: int) -> Callable:
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tower: FrozenTower | None,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    grad_accum: int,
+) -> Callable:
     """``step(state, tower_params, batch) -> (state, metrics)`` (not yet jitted)."""
 
     def step(state: TrainState, tower_params, batch: Batch):
@@ -45,6 +52,7 @@ def make_train_step(graphdef: nnx.GraphDef, tower: FrozenTower | None, tx: optax
         def micro_grads(micro: Batch):
             def loss_fn(params):
                 return _model_loss(graphdef, params, tower, tower_params, micro, denominator)
+
             (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
             return grads, sums
 
@@ -52,12 +60,14 @@ def make_train_step(graphdef: nnx.GraphDef, tower: FrozenTower | None, tx: optax
             grads, sums = micro_grads(batch)
         else:
             rows = batch.rows
-            micro = jax.tree.map(lambda x: x.reshape(rows // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1),
-                                 batch)
+            micro = jax.tree.map(
+                lambda x: x.reshape(rows // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1), batch
+            )
             first = jax.tree.map(lambda x: x[0], micro)
             rest = jax.tree.map(lambda x: x[1:], micro)
-            (grads, sums), _ = jax.lax.scan(lambda acc, mb: (_add(acc, micro_grads(mb)), None), micro_grads(first),
-                                            rest)
+            (grads, sums), _ = jax.lax.scan(
+                lambda acc, mb: (_add(acc, micro_grads(mb)), None), micro_grads(first), rest
+            )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {**stream_metrics(sums), "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
@@ -76,14 +86,25 @@ def make_eval_step(graphdef: nnx.GraphDef, tower: FrozenTower | None) -> Callabl
     return eval_step
 
 
-def jit_steps(train_step: Callable, eval_step: Callable, state_shardings: TrainState, tower_shardings,
-              batch_shardings: Batch, mesh: Mesh):
+def jit_steps(
+    train_step: Callable,
+    eval_step: Callable,
+    state_shardings: TrainState,
+    tower_shardings,
+    batch_shardings: Batch,
+    mesh: Mesh,
+):
     """Both steps jitted with explicit in/out shardings; the train state is donated."""
     replicated = NamedSharding(mesh, PartitionSpec())
-    train = jax.jit(train_step, in_shardings=(state_shardings, tower_shardings, batch_shardings),
-                    out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-    evaluate = jax.jit(eval_step, in_shardings=(state_shardings.params, tower_shardings, batch_shardings),
-                       out_shardings=replicated)
+    train = jax.jit(
+        train_step,
+        in_shardings=(state_shardings, tower_shardings, batch_shardings),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+    evaluate = jax.jit(
+        eval_step, in_shardings=(state_shardings.params, tower_shardings, batch_shardings), out_shardings=replicated
+    )
     return train, evaluate
 
 
@@ -93,5 +114,8 @@ def compiled_memory_gib(compiled) -> dict:
     mem = compiled.memory_analysis()
     if mem is None:
         return {}
-    return {k.replace("_in_bytes", "_gib"): round(getattr(mem, k) / 2**30, 3)
-            for k in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes") if hasattr(mem, k)}
+    return {
+        k.replace("_in_bytes", "_gib"): round(getattr(mem, k) / 2**30, 3)
+        for k in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes")
+        if hasattr(mem, k)
+    }

@@ -11,6 +11,7 @@ TensorBoard; every ``eval_every`` steps an eval pass; every ``checkpoint_every``
 async checkpoint. SIGTERM (preemption) saves at the current step, waits for the save to
 commit and returns; the command exits 0.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,8 +74,14 @@ def train(cfg: Config, progress: bool = True) -> dict:
     vocab = Vocab.from_config(cfg.model)
     tower = load_frozen_tower(cfg, mesh)
     program = build_program(cfg, mesh, tower)
-    data = build_input(cfg.data, vocab, output_lengths, mel_bins(tower), process_index=jax.process_index(),
-                       process_count=jax.process_count())
+    data = build_input(
+        cfg.data,
+        vocab,
+        output_lengths,
+        mel_bins(tower),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     ckpts = RunCheckpoints(checkpoint_directory(cfg), t_cfg.keep_checkpoints)
     latest = ckpts.latest_step()
     frames_seen = 0
@@ -97,8 +104,17 @@ def train(cfg: Config, progress: bool = True) -> dict:
     if main:
         (logs.run_dir / "config_resolved.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
         log.info("train step compiled in %.1fs; per-device memory (GiB): %s", compile_s, memory)
-        print(json.dumps({"compiled_s": round(compile_s, 1), "memory_gib": memory,
-                          "data": data.report, "start_step": int(state.step)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "compiled_s": round(compile_s, 1),
+                    "memory_gib": memory,
+                    "data": data.report,
+                    "start_step": int(state.step),
+                }
+            ),
+            flush=True,
+        )
     frames_per_step = cfg.data.batch_rows * cfg.data.row_frames
     flops_per_step = train_flops_per_frame(cfg.model, cfg.data.row_frames) * frames_per_step
     preemption = Preemption()
@@ -121,9 +137,12 @@ def train(cfg: Config, progress: bool = True) -> dict:
                 if step % t_cfg.log_every == 0 or step == t_cfg.steps:
                     metrics = jax.device_get(metrics)
                     dt = (time.perf_counter() - window_t) / window_steps
-                    metrics.update(step_s=dt, frames_per_s=frames_per_step / dt,
-                                   mfu=flops_per_step / dt / (t_cfg.peak_flops * jax.device_count()),
-                                   frames_seen=frames_seen)
+                    metrics.update(
+                        step_s=dt,
+                        frames_per_s=frames_per_step / dt,
+                        mfu=flops_per_step / dt / (t_cfg.peak_flops * jax.device_count()),
+                        frames_seen=frames_seen,
+                    )
                     last = logs.write(step, metrics)
                     bar.set_postfix(loss=f"{last['loss']:.4f}", fps=f"{last['frames_per_s']:.0f}")
                     window_t, window_steps = time.perf_counter(), 0
@@ -151,8 +170,15 @@ def evaluate(cfg: Config, eval_step, params, tower: FrozenTower | None, vocab: V
     """Mean metrics over ``train.eval_batches`` batches of the eval data (no CFG dropout),
     always the same batches: a fresh pipeline from its start."""
     data_cfg = dataclasses.replace(cfg.data, prepared=cfg.data.eval_prepared or cfg.data.prepared, workers=0)
-    data = build_input(data_cfg, vocab, output_lengths, mel_bins(tower), process_index=jax.process_index(),
-                       process_count=jax.process_count(), train=False)
+    data = build_input(
+        data_cfg,
+        vocab,
+        output_lengths,
+        mel_bins(tower),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        train=False,
+    )
     tower_params = None if tower is None else tower.params
     total = None
     for _ in range(cfg.train.eval_batches):
