@@ -4,7 +4,9 @@ import jax
 import pytest
 from helpers import REPO, TINY
 
-from bagpiper_jax.config import ConfigError, load_config, to_dict
+from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
+from bagpiper_jax.codec.config import XCodecConfig
+from bagpiper_jax.config import ConfigError, config_from_dict, from_dict, load_config, to_dict
 from bagpiper_jax.model.create import abstract_model
 from bagpiper_jax.model.flops import param_count, train_flops_per_frame
 from bagpiper_jax.vocab import Vocab
@@ -86,3 +88,34 @@ def test_bad_config_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("model: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_moved_keys_load_at_their_new_place_with_a_warning(tmp_path, caplog):
+    """Configs (and checkpoints) written before the model/runtime/assets split still load."""
+    (tmp_path / "old.yaml").write_text(
+        "model:\n  layers: 2\n  remat: full\n  audio_encoder: enc\ndata:\n  codec: c\n  cfg_drop: 0.1\n"
+        "generate:\n  audio_cfg_scale: 2.0\n"
+    )
+    with caplog.at_level("WARNING", logger="bagpiper_jax.config"):
+        cfg = load_config(tmp_path / "old.yaml", ["model.loss_chunk=32"])
+    assert (cfg.model.layers, cfg.runtime.remat, cfg.runtime.loss_chunk) == (2, "full", 32)
+    assert (cfg.assets.audio_encoder, cfg.assets.codec, cfg.data.guidance_drop) == ("enc", "c", 0.1)
+    assert cfg.generate.audio_guidance_scale == 2.0
+    assert "model.remat is now runtime.remat" in caplog.text and "data.codec is now assets.codec" in caplog.text
+    old = to_dict(cfg)
+    old["model"]["attention"] = old["runtime"].pop("attention")  # a stored config of the old layout
+    assert config_from_dict(old) == cfg
+    with pytest.raises(ConfigError, match="both model.remat .* and runtime.remat are given"):
+        load_config(tmp_path / "old.yaml", ["runtime.remat=dots"])
+
+
+def test_strict_loader_and_its_lenient_mode():
+    """One loader for every config dataclass: strict for our files, lenient only on request
+    (foreign files such as an HF config.json)."""
+    data = {"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 4, "dropout": 0.1}
+    with pytest.raises(ConfigError, match="tower.json: unknown config key 'dropout'"):
+        from_dict(AudioEncoderConfig, data, "tower.json")
+    assert from_dict(AudioEncoderConfig, data, lenient=True).d_model == 32
+    with pytest.raises(ConfigError, match="semantic.hidden_size must be int"):
+        from_dict(XCodecConfig, {"semantic": {"hidden_size": "big"}})
+    assert from_dict(XCodecConfig, to_dict(XCodecConfig())) == XCodecConfig()

@@ -4,6 +4,7 @@ frames."""
 
 import jax
 import numpy as np
+from audio_encoder_testing import TINY
 from flax import nnx
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig, output_lengths
@@ -13,15 +14,7 @@ from bagpiper_jax.audio_encoder.tower import AudioTower
 from bagpiper_jax.config import MeshConfig
 from bagpiper_jax.sharding import make_mesh
 
-CONFIG = AudioEncoderConfig(
-    d_model=16,
-    encoder_layers=2,
-    encoder_attention_heads=2,
-    encoder_ffn_dim=32,
-    downsample_hidden_size=4,
-    output_dim=8,
-    n_window_infer=200,
-)
+CONFIG = AudioEncoderConfig(**TINY)  # windows of 200 frames
 
 
 def frozen_tower():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 import pytest
+from audio_encoder_testing import TINY
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
 from bagpiper_jax.audio_encoder.frozen import FrozenTower
@@ -68,15 +69,7 @@ def test_tiny_train_step_compiles_for_v5p_with_fsdp_tensor_and_splash():
     devices = tpu_devices("v5p:2x2x1")
     assert len(devices) == 4 and devices[0].platform == "tpu"
     mesh = make_mesh(cfg.mesh, devices)
-    tower = AudioEncoderConfig(
-        d_model=32,
-        encoder_layers=2,
-        encoder_attention_heads=4,
-        encoder_ffn_dim=64,
-        downsample_hidden_size=8,
-        output_dim=16,
-        n_window_infer=200,
-    )
+    tower = AudioEncoderConfig(**TINY)  # output_dim 16 = model.continuous_dim; windows of 200 frames
     # conftest sets "highest" matmul precision; Mosaic rejects fp32 contraction on bf16 operands.
     with jax.default_matmul_precision("default"):
         compiled, _ = build_program(cfg, mesh, FrozenTower.abstract(mesh, cfg.mesh.rules, tower)).compile()

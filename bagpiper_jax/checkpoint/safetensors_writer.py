@@ -30,6 +30,8 @@ SINGLE = "model.safetensors"
 
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
+    """One tensor of a write plan: name, shape and the dtype it is written in."""
+
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype

@@ -63,6 +63,9 @@ class DacConfig:
 
 @dataclasses.dataclass(frozen=True)
 class XCodecConfig:
+    """XCodec hyper-parameters (HF ``XcodecConfig`` field names); the defaults are the shipped
+    ``hf-audio/xcodec-hubert-general``."""
+
     target_bandwidths: tuple[int | float, ...] = (0.5, 1, 1.5, 2, 4)  # numbers kept as given (HF types)
     sample_rate: int = 16_000
     kernel_size: int = 3

@@ -60,6 +60,8 @@ class EncoderBlock(nnx.Module):
 
 
 class DacEncoder(nnx.Module):
+    """DAC acoustic encoder: conv, strided blocks of residual units with Snake, conv to ``hidden_size``."""
+
     def __init__(self, cfg: DacConfig, *, rngs: nnx.Rngs):
         width = cfg.encoder_hidden_size
         self.conv1 = Conv1d(1, width, 7, padding=3, rngs=rngs)
@@ -102,6 +104,8 @@ class DecoderBlock(nnx.Module):
 
 
 class DacDecoder(nnx.Module):
+    """DAC decoder: conv, transposed-conv blocks of residual units, conv to one channel (no tanh)."""
+
     def __init__(self, cfg: DacConfig, *, rngs: nnx.Rngs):
         width = cfg.decoder_hidden_size
         self.conv1 = Conv1d(cfg.hidden_size, width, 7, padding=3, rngs=rngs)

@@ -58,6 +58,8 @@ class FeatureConvLayer(nnx.Module):
 
 
 class FeatureEncoder(nnx.Module):
+    """HuBERT's 7-layer conv feature encoder (GroupNorm on the first layer), padding-aware."""
+
     def __init__(self, cfg: HubertConfig, *, rngs: nnx.Rngs):
         self.conv_layers = nnx.List([FeatureConvLayer(cfg, i, rngs=rngs) for i in range(len(cfg.conv_dim))])
 
@@ -70,6 +72,8 @@ class FeatureEncoder(nnx.Module):
 
 
 class FeatureProjection(nnx.Module):
+    """LayerNorm then Linear ``conv_dim[-1] -> hidden_size``."""
+
     def __init__(self, cfg: HubertConfig, *, rngs: nnx.Rngs):
         self.layer_norm = LayerNorm(cfg.conv_dim[-1], cfg.layer_norm_eps) if cfg.feat_proj_layer_norm else None
         self.projection = Linear(cfg.conv_dim[-1], cfg.hidden_size, rngs=rngs)
@@ -102,6 +106,8 @@ class WeightNormConv1d(nnx.Module):
 
 
 class PositionalConvEmbedding(nnx.Module):
+    """The weight-normed grouped positional conv (the last frame of the even kernel dropped), GELU."""
+
     def __init__(self, cfg: HubertConfig, *, rngs: nnx.Rngs):
         self.conv = WeightNormConv1d(
             cfg.hidden_size, cfg.num_conv_pos_embeddings, cfg.num_conv_pos_embedding_groups, rngs=rngs
@@ -114,6 +120,8 @@ class PositionalConvEmbedding(nnx.Module):
 
 
 class Attention(nnx.Module):
+    """HuBERT multi-head self-attention (biases, scaled queries), masked past each clip."""
+
     def __init__(self, cfg: HubertConfig, *, rngs: nnx.Rngs):
         h = cfg.hidden_size
         self.num_heads = cfg.num_attention_heads
@@ -134,6 +142,8 @@ class Attention(nnx.Module):
 
 
 class FeedForward(nnx.Module):
+    """Linear -> exact GELU -> Linear."""
+
     def __init__(self, cfg: HubertConfig, *, rngs: nnx.Rngs):
         self.intermediate_dense = Linear(cfg.hidden_size, cfg.intermediate_size, rngs=rngs)
         self.output_dense = Linear(cfg.intermediate_size, cfg.hidden_size, rngs=rngs)
@@ -157,6 +167,8 @@ class EncoderLayer(nnx.Module):
 
 
 class Encoder(nnx.Module):
+    """Positional conv, LayerNorm (post-LN encoder input), then the stacked layers."""
+
     def __init__(self, cfg: HubertConfig, *, rngs: nnx.Rngs):
         self.pos_conv_embed = PositionalConvEmbedding(cfg, rngs=rngs)
         self.layer_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)

@@ -29,6 +29,8 @@ def buffer(value: jax.Array, axes) -> Buffer:
 
 
 class EuclideanCodebook(nnx.Module):
+    """One codebook ``[codebook_size, dim]`` (a frozen buffer): nearest-entry lookup and back."""
+
     def __init__(self, cfg: XCodecConfig, *, rngs: nnx.Rngs):
         shape = (cfg.codebook_size, cfg.codebook_dim)
         self.embed = buffer(jax.random.normal(rngs.params(), shape), (CODEBOOK, CODEBOOK_DIM))
@@ -51,11 +53,15 @@ class EuclideanCodebook(nnx.Module):
 
 
 class VectorQuantization(nnx.Module):
+    """One quantizer of the residual VQ (holds its codebook)."""
+
     def __init__(self, cfg: XCodecConfig, *, rngs: nnx.Rngs):
         self.codebook = EuclideanCodebook(cfg, rngs=rngs)
 
 
 class ResidualVectorQuantizer(nnx.Module):
+    """Residual VQ: each quantizer codes what the previous ones left; decoding sums the entries."""
+
     def __init__(self, cfg: XCodecConfig, *, rngs: nnx.Rngs):
         self.quantizers = nnx.List([VectorQuantization(cfg, rngs=rngs) for _ in range(cfg.num_quantizers)])
 

@@ -30,6 +30,8 @@ def _widths(cfg: XCodecConfig) -> list[int]:
 
 
 class EncoderBlock(nnx.Module):
+    """Residual units, then a conv (stride 1 in XCodec)."""
+
     def __init__(self, cfg: XCodecConfig, in_channels: int, out_channels: int, *, rngs: nnx.Rngs):
         self.res_units = nnx.List([ResidualUnit(cfg, in_channels, d, rngs=rngs) for d in cfg.block_dilations])
         self.conv = Conv1d(in_channels, out_channels, 3, padding=1, rngs=rngs)
@@ -41,6 +43,8 @@ class EncoderBlock(nnx.Module):
 
 
 class SemanticEncoder(nnx.Module):
+    """XCodec's semantic encoder over HuBERT features: conv, then encoder blocks."""
+
     def __init__(self, cfg: XCodecConfig, *, rngs: nnx.Rngs):
         h, k = cfg.semantic.hidden_size, cfg.kernel_size
         self.conv = Conv1d(h, h, k, padding=k // 2, bias=False, rngs=rngs)
@@ -58,6 +62,8 @@ class SemanticEncoder(nnx.Module):
 
 
 class DecoderBlock(nnx.Module):
+    """A conv, then residual units (the mirror of :class:`EncoderBlock`)."""
+
     def __init__(self, cfg: XCodecConfig, in_channels: int, out_channels: int, *, rngs: nnx.Rngs):
         self.conv = Conv1d(in_channels, out_channels, 3, padding=1, rngs=rngs)
         self.res_units = nnx.List([ResidualUnit(cfg, out_channels, d, rngs=rngs) for d in cfg.block_dilations])
@@ -70,6 +76,8 @@ class DecoderBlock(nnx.Module):
 
 
 class SemanticDecoder(nnx.Module):
+    """XCodec's semantic decoder: codes back to HuBERT features (``XCodec.decode_semantic``)."""
+
     def __init__(self, cfg: XCodecConfig, *, rngs: nnx.Rngs):
         h, k = cfg.semantic.hidden_size, cfg.kernel_size
         widths = _widths(cfg)

@@ -25,6 +25,8 @@ QUESTION = "What kind of sound is this?"
 
 @dataclasses.dataclass(frozen=True)
 class Sound:
+    """One synthetic demo sound: its kind and parameters, caption, answer and waveform."""
+
     kind: str
     pitch: float  # hertz (chirps start here)
     loudness: str

@@ -40,6 +40,8 @@ class ManifestError(BagpiperError):
 
 @dataclasses.dataclass(frozen=True)
 class Message:
+    """One message of an example; audio content is an absolute file path."""
+
     role: str
     modality: str
     content: str  # text, or an absolute audio path
@@ -47,6 +49,8 @@ class Message:
 
 @dataclasses.dataclass(frozen=True)
 class Example:
+    """One manifest line as a list of messages."""
+
     id: str
     task: str
     messages: tuple[Message, ...]

@@ -29,6 +29,8 @@ class RecordError(BagpiperError):
 
 @dataclasses.dataclass(frozen=True)
 class PreparedMessage:
+    """One prepared message: ``kind`` text (token ids), codes (``[frames, streams]``) or mel."""
+
     role: str
     modality: str
     kind: str
@@ -37,6 +39,8 @@ class PreparedMessage:
 
 @dataclasses.dataclass(frozen=True)
 class PreparedExample:
+    """One prepared example (a stored record); ``frames``: its length once templated."""
+
     id: str
     task: str
     frames: int

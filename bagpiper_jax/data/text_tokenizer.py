@@ -22,6 +22,8 @@ class TokenizerError(BagpiperError):
 
 
 class TextTokenizer:
+    """An HF ``tokenizers`` tokenizer.json; ids are the tokenizer's own (``Vocab`` shifts them)."""
+
     def __init__(self, path: str | Path):
         path = Path(path)
         file = path / "tokenizer.json" if path.is_dir() else path

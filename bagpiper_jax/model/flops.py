@@ -10,6 +10,8 @@ from bagpiper_jax.vocab import Vocab
 
 @dataclasses.dataclass(frozen=True)
 class ParamCount:
+    """Trainable parameters of the transformer by part (``total`` sums them)."""
+
     per_layer: int
     layers: int  # all decoder layers
     embed: int

@@ -1,0 +1,47 @@
+"""Every command prints the library's own errors on one line, ``bagpiper-<cmd>: <message>``,
+and exits 1; ``--debug`` raises them with the traceback instead."""
+
+import pytest
+from helpers import TINY
+
+from bagpiper_jax.cli import audio_features, convert, generate, prepare, train
+from bagpiper_jax.config import ConfigError
+
+
+@pytest.mark.parametrize(
+    "main, argv, message",
+    [
+        (train.main, ["--config", str(TINY), "train.stepz=3"], "bagpiper-train: unknown config key 'train.stepz'"),
+        (
+            prepare.main,
+            ["--config", str(TINY), "--manifest", "x.jsonl", "--out", "o"],
+            "bagpiper-prepare: assets.tokenizer must name a tokenizer.json",
+        ),
+        (
+            convert.main,
+            ["hf-xcodec", "--hf", "nowhere", "--out", "o"],
+            "bagpiper-convert hf-xcodec: nowhere/config.json",
+        ),
+        (
+            audio_features.main,
+            ["--encoder", "e", "missing.wav", "o.npy"],
+            "bagpiper-audio-features: audio file missing.wav does not exist",
+        ),
+        (
+            generate.main,
+            ["--checkpoint", "nowhere", "--config", str(TINY), "--text", "a", "--out", "o.wav"],
+            "bagpiper-generate: checkpoint",
+        ),
+    ],
+)
+def test_errors_are_one_line(main, argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.jsonl").write_text('{"id": "a", "task": "text_only", "text1": "hi"}\n')
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_debug_shows_the_traceback():
+    with pytest.raises(ConfigError, match="unknown config key 'train.stepz'"):
+        train.main(["--config", str(TINY), "train.stepz=3", "--debug"])
