@@ -71,7 +71,7 @@ def main():  # Grain workers re-import __main__: nothing may run at import time
     efficiency, frames = [], 0
     for _ in range(a.batches):
         b = next(it)
-        frames += b["segment_ids"].size
+        frames += b.segment_ids.size
         efficiency.append(packing_efficiency(b))
     dt = time.perf_counter() - t0
     cpu = cpu_seconds() - cpu0
