@@ -221,6 +221,13 @@ class DataConfig:
     piece_frames: int = 800  # mel frames per encoder attention window (n_window_infer)
     loss_region: str = "assistant"  # assistant | all
     guidance_drop: float = 0.05  # classifier-free-guidance dropout probability (training only)
+    # Under guidance dropout the other assistant audio messages keep their codes (weight 0), as
+    # in the reference; false zeroes them with the rest of the example.
+    guidance_keep_other_audio: bool = True
+    # Text token 0 (Qwen3's "!") becomes the pad id 0 with its loss weight kept: its target is
+    # ignored but counts in the loss denominator, as in the reference the released weights were
+    # trained with. False: an ordinary text id (num_special + 0), e.g. for training from scratch.
+    text_token0_as_pad: bool = True
     overlong: str = "skip"  # skip | truncate (text-only examples longer than a row)
     packing_bins: int = 64
     shuffle_seed: int = 0

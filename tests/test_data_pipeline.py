@@ -14,7 +14,7 @@ from bagpiper_jax.data.prepare import write_index, write_shard
 from bagpiper_jax.data.records import PreparedExample, PreparedMessage
 from bagpiper_jax.data.template import example_frames
 from bagpiper_jax.model.batch import Batch
-from bagpiper_jax.vocab import Vocab
+from bagpiper_jax.vocab import TEXT, Vocab
 
 CFG = tiny_config()
 VOCAB = Vocab.from_config(CFG.model)
@@ -184,7 +184,8 @@ def test_resume_yields_identical_batches(prepared, workers):
 
 
 def segments_first_tokens(batches):
-    """Example index of every packed segment (its first text token)."""
+    """Example index of every packed segment (its first text token, the frame after the first
+    ``<|text|>``; token 0 is templated as id 0)."""
     found = []
     for b in batches:
         b = b if isinstance(b, dict) else fields(b)
@@ -193,8 +194,8 @@ def segments_first_tokens(batches):
             for s in sorted(set(seg[seg > 0])):
                 frames = np.flatnonzero(seg == s)
                 ids = b["ids"][r, frames, 0]
-                text = ids[(ids >= VOCAB.text_offset) & (ids < VOCAB.audio_offset)]
-                found.append(int(text[0] - VOCAB.text_offset))
+                first = int(ids[np.flatnonzero(ids == TEXT)[0] + 1])
+                found.append(first - VOCAB.text_offset if first else 0)
     return found
 
 
@@ -204,6 +205,21 @@ def test_two_input_shards_cover_the_epoch_exactly_once(prepared):
         pipe = pipeline(prepared[0], shard_index=p, shard_count=2, epochs=1, guidance_drop=0.0, batch_rows=4)
         seen += segments_first_tokens(list(iter(pipe)))
     assert sorted(seen) == list(range(90))
+
+
+def test_text_token0_switch_reaches_the_templates(prepared):
+    """``data.text_token0_as_pad`` (default true) maps text token 0 to id 0; false keeps it an
+    ordinary text id. Nothing else in the batches changes, loss weights included."""
+    kwargs = dict(shard_index=0, shard_count=1, epochs=1, guidance_drop=0.0)
+    reference = list(itertools.islice(iter(pipeline(prepared[0], **kwargs)), 8))
+    ordinary = list(itertools.islice(iter(pipeline(prepared[0], text_token0_as_pad=False, **kwargs)), 8))
+    changed = 0
+    for a, b in zip(map(fields, reference), map(fields, ordinary)):
+        differ = a["ids"] != b["ids"]
+        assert (a["ids"][differ] == 0).all() and (b["ids"][differ] == VOCAB.text_offset).all()
+        np.testing.assert_array_equal(a["loss_mask"], b["loss_mask"])
+        changed += int(differ.sum())
+    assert changed  # token 0 occurs (example 0 starts with it)
 
 
 def test_missing_index_is_a_clear_error(tmp_path):

@@ -71,6 +71,64 @@ def test_cfg_dropout_keeps_only_the_audio_message():
     np.testing.assert_array_equal(out["loss_mask"][6:], run(TEXT_TO_AUDIO)["loss_mask"][6:])
 
 
+def test_text_token0_becomes_the_pad_id_with_its_weight_kept():
+    """The reference adds the text offset with ``np.where(seq == 0, 0, seq + offset)``: Qwen3's
+    token 0 ("!") lands on id 0, still trained (weight 1 in an assistant message)."""
+    ex = PreparedExample(
+        "bang",
+        "text_only",
+        0,
+        (msg("user", "text", "text", [0, 1]), msg("assistant", "text", "text", np.array([4, 0, 0, 9], np.int32))),
+    )
+    out = run(ex)
+    np.testing.assert_array_equal(out["ids"][:, 0], [1, 5, 7, 0, 17, 2, 6, 7, 20, 0, 0, 25, 2])
+    np.testing.assert_array_equal(out["ids"][:, 1], 0)
+    np.testing.assert_array_equal(out["loss_mask"][:, 0], [0] * 6 + [1] * 7)
+    np.testing.assert_array_equal(out["loss_mask"][:, 1], 0)
+    ordinary = run(ex, text_token0_as_pad=False)  # the switch: "!" is text id 16 like any other
+    np.testing.assert_array_equal(ordinary["ids"][:, 0], [1, 5, 7, 16, 17, 2, 6, 7, 20, 16, 16, 25, 2])
+    np.testing.assert_array_equal(ordinary["loss_mask"], out["loss_mask"])
+
+
+TWO_AUDIO = PreparedExample(
+    "two",
+    "dialogue",
+    0,
+    (
+        msg("user", "text", "text", np.array([1], np.int32)),
+        msg("assistant", "audio", "codes", np.array([[0, 1], [2, 0]], np.int16)),
+        msg("assistant", "text", "text", np.array([2], np.int32)),
+        msg("assistant", "audio", "codes", np.array([[1, 2]], np.int16)),
+    ),
+)
+
+
+def test_guidance_dropout_keeps_the_codes_of_the_other_audio_message():
+    """With two assistant audio messages, guidance dropout keeps one message whole; the other
+    one's content frames keep their interleaved codes with weight 0 (the reference writes every
+    codec entry back after zeroing), its role, modality and END frames are zeroed."""
+    full = run(TWO_AUDIO)
+    np.testing.assert_array_equal(
+        full["ids"],
+        [[1, 0], [5, 0], [7, 0], [17, 0], [2, 0]]  # bos user text t eos
+        + [[6, 0], [8, 0], [27, 30], [29, 32], [26, 31], [3, 0]]  # assistant audio (interleaved) eot
+        + [[6, 0], [7, 0], [18, 0], [3, 0]]  # assistant text t eot
+        + [[6, 0], [8, 0], [28, 30], [26, 33], [2, 0]],  # assistant audio eos
+    )
+    out = run(TWO_AUDIO, guidance_keep=3)
+    expected = np.zeros((20, 2), np.int32)
+    expected[7:10] = [[27, 30], [29, 32], [26, 31]]  # the other message's codes
+    expected[15:] = full["ids"][15:]  # the kept message
+    np.testing.assert_array_equal(out["ids"], expected)
+    mask = np.zeros((20, 2), np.float32)
+    mask[15:] = [[1, 0], [1, 0], [H, H], [H, H], [1, 0]]
+    np.testing.assert_array_equal(out["loss_mask"], mask)
+    zeroed = run(TWO_AUDIO, guidance_keep=3, guidance_keep_other_audio=False)  # the switch: zero them too
+    expected[7:10] = 0
+    np.testing.assert_array_equal(zeroed["ids"], expected)
+    np.testing.assert_array_equal(zeroed["loss_mask"], mask)
+
+
 def test_dialogue_with_continuous_audio_and_eot():
     mel = np.arange(250 * 4, dtype=np.float32).reshape(250, 4)
     ex = PreparedExample(
@@ -92,7 +150,7 @@ def test_dialogue_with_continuous_audio_and_eot():
         [1, 0],
         [4, 0],
         [7, 0],
-        [16, 0],
+        [0, 0],  # text token 0 -> the pad id (test_text_token0_becomes_the_pad_id_with_its_weight_kept)
         [2, 0],  # bos system text t eos (next role differs)
         [5, 0],
         [8, 0],

@@ -2,15 +2,20 @@
 streams; Loss)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from helpers import packed_batch, tiny_config
 
+from bagpiper_jax.audio_encoder.config import output_lengths
+from bagpiper_jax.data.records import PreparedExample, PreparedMessage
+from bagpiper_jax.data.template import template
 from bagpiper_jax.model import Bagpiper
 from bagpiper_jax.model.create import init_model
-from bagpiper_jax.model.loss import multistream_loss, stream_metrics
+from bagpiper_jax.model.loss import loss_positions, multistream_loss, stream_metrics
 from bagpiper_jax.sharding import make_mesh
+from bagpiper_jax.vocab import Vocab
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +39,7 @@ def reference_loss(hidden, head, stream_emb, ids, mask, seg, vocab):
         for t in range(frames - 1):
             if seg[b, t + 1] == 0 or seg[b, t + 1] != seg[b, t]:
                 continue
+            positions += mask[b, t + 1, 0] != 0  # counted whatever the target (an ignored one too)
             for s in range(streams):
                 w, target = mask[b, t + 1, s], ids[b, t + 1, s]
                 if s == 0:
@@ -52,7 +58,6 @@ def reference_loss(hidden, head, stream_emb, ids, mask, seg, vocab):
                 total += w * ce
                 per_stream[s] += w * ce
                 weight[s] += w
-                positions += s == 0
     return total / positions, per_stream / weight
 
 
@@ -80,6 +85,44 @@ def test_loss_matches_plain_reference(model_and_batch):
     np.testing.assert_allclose(np.asarray(metrics["stream_loss"]), ref_streams, rtol=1e-5, atol=1e-5)
     assert float(metrics["positions"]) > 0
     assert np.all(np.asarray(metrics["stream_accuracy"]) <= 1.0)
+
+
+BANG = PreparedExample(  # user text, then assistant text holding token 0 ("!") and assistant audio
+    "bang",
+    "dialogue",
+    0,
+    (
+        PreparedMessage("user", "text", "text", np.array([1], np.int32)),
+        PreparedMessage("assistant", "text", "text", np.array([4, 0, 3], np.int32)),
+        PreparedMessage("assistant", "audio", "codes", np.array([[0, 1]], np.int16)),
+    ),
+)
+
+
+@pytest.mark.parametrize("token0_as_pad", [True, False])
+def test_loss_ignores_a_weighted_pad_target_but_counts_it(token0_as_pad):
+    """Hand-computed: with zero logits every stream-0 cross-entropy is log(vocab) V and every
+    streams >= 1 one log(audio ids) A. The 11 assistant frames after the prompt weigh 1 on
+    stream 0 (role, modality, 4, "!", 3, eot; role, modality, eos) except the two codec frames
+    (1/2 on both streams): 11 positions count. With token 0 as the pad id (the default, as the
+    reference), "!" is ignored in the sum but counted: loss = (8 log V + 2 / 2 log V + 2 / 2
+    log A) / 11. The switch off makes "!" text id 16, scored like any token: (10 log V + log A)
+    / 11, which is also what the loss gave before the reference fix (no template then holds a
+    weighted target 0 that the old rule would drop from the denominator)."""
+    vocab = Vocab(num_special=16, text_size=10, num_streams=2, codebook_size=3)
+    out = template(BANG, vocab, output_lengths, piece_frames=200, mel_bins=4, text_token0_as_pad=token0_as_pad)
+    assert (out["ids"][8, 0] == 0) == token0_as_pad and out["loss_mask"][8, 0] == 1
+    # Weighted stream-0 targets of id 0: what the loss before the fix left out of the denominator.
+    assert np.sum((out["loss_mask"][1:, 0] != 0) & (out["ids"][1:, 0] == 0)) == int(token0_as_pad)
+    ids, mask = jnp.asarray(out["ids"])[None], jnp.asarray(out["loss_mask"])[None]
+    segments = jnp.ones(ids.shape[:2], jnp.int32)
+    hidden, head = jnp.zeros((1, ids.shape[1], 4)), jnp.zeros((4, vocab.size))
+    loss, sums = multistream_loss(hidden, head, jnp.zeros((2, 4)), ids, mask, segments, vocab, 4)
+    log_v, log_a = np.log(vocab.size), np.log(vocab.audio_size)
+    scored = 9 if token0_as_pad else 10  # stream-0 weight of the scored targets
+    np.testing.assert_allclose(float(loss), (scored * log_v + log_a) / 11, rtol=1e-6)
+    assert float(sums["positions"]) == 11 == float(loss_positions(ids, mask, segments, vocab))
+    np.testing.assert_allclose(np.asarray(sums["stream_weight"]), [scored, 1.0])
 
 
 def test_loss_chunk_size_does_not_change_result(model_and_batch):

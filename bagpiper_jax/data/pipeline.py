@@ -113,6 +113,8 @@ class Templater:
     guidance_drop: float
     max_pieces: int = 1 << 30
     max_mel_frames: int = 1 << 30
+    text_token0_as_pad: bool = True
+    guidance_keep_other_audio: bool = True
 
     def __call__(self, item: tuple[bytes, bool], rng: np.random.Generator):
         data, truncate = item
@@ -133,6 +135,8 @@ class Templater:
             mel_bins=self.mel_bins,
             loss_region=self.loss_region,
             guidance_keep=keep,
+            text_token0_as_pad=self.text_token0_as_pad,
+            guidance_keep_other_audio=self.guidance_keep_other_audio,
         )
         if len(out["mel_lengths"]) > self.max_pieces or len(out["mel"]) > self.max_mel_frames:
             log.warning(
@@ -283,6 +287,8 @@ def build_pipeline(
         cfg.guidance_drop if train else 0.0,
         cfg.max_pieces_per_row,
         cfg.mel_frames_per_row,
+        cfg.text_token0_as_pad,
+        cfg.guidance_keep_other_audio,
     )
     ds = EpochShuffle(grain.MapDataset.source(source), cfg.shuffle_seed).repeat(epochs)
     ds = ds.random_map(templater, seed=cfg.shuffle_seed + 1).filter(lambda x: x is not None)

@@ -4,7 +4,10 @@ docs/model.md, Loss).
 Frames: ``<|bos|>``, then per message ``<|role|> <|modality|> content END`` where END is
 ``<|eot|>`` when the next message has the same role, else ``<|eos|>``. Content:
 
-- text: one frame per token, stream 0 = ``text_offset + token``, other streams pad (0);
+- text: one frame per token, stream 0 = ``text_offset + token``, other streams pad (0).
+  Tokenizer id 0 (Qwen3's "!") becomes the pad id 0 with its loss weight kept, as the
+  reference's ``np.where(seq == 0, 0, seq + offset)`` makes it (``text_token0_as_pad``;
+  docs/data.md, Sequence format);
 - assistant audio (codec codes): delay-interleaved frames with per-stream audio ids;
 - user/system audio (log-mel): one placeholder frame (all streams 0) per encoder token,
   filled by ``adaptor(encoder(mel))`` in the model. The mel is cut into pieces of
@@ -35,7 +38,7 @@ import numpy as np
 from bagpiper_jax.codec.interleave import delay_interleave, interleaved_ids
 from bagpiper_jax.data.records import PreparedExample
 from bagpiper_jax.errors import BagpiperError
-from bagpiper_jax.vocab import BOS, EOS, EOT, MODALITY_IDS, ROLE_IDS, Vocab
+from bagpiper_jax.vocab import BOS, EOS, EOT, MODALITY_IDS, PAD, ROLE_IDS, Vocab
 
 TokensFor = Callable[[int], int]  # mel frames -> encoder tokens
 
@@ -57,6 +60,13 @@ def example_frames(ex: PreparedExample, vocab: Vocab, tokens_for: TokensFor) -> 
     return n
 
 
+def text_frame_ids(tokens: np.ndarray, vocab: Vocab, token0_as_pad: bool) -> np.ndarray:
+    """Stream-0 ids of text tokens: ``text_offset + token``, except token 0 -> the pad id 0
+    when ``token0_as_pad`` (the reference's mapping, which the released weights learned)."""
+    ids = vocab.text_ids(tokens)
+    return np.where(np.asarray(tokens) == 0, PAD, ids) if token0_as_pad else ids
+
+
 def template(
     ex: PreparedExample,
     vocab: Vocab,
@@ -66,6 +76,8 @@ def template(
     mel_bins: int,
     loss_region: str = "assistant",
     guidance_keep: int | None = None,
+    text_token0_as_pad: bool = True,
+    guidance_keep_other_audio: bool = True,
 ) -> dict[str, np.ndarray]:
     """Frames, loss weights and continuous-audio pieces of one example.
 
@@ -73,6 +85,10 @@ def template(
       guidance_keep: classifier-free-guidance dropout: index (into ``ex.messages``) of the
         one assistant audio message to keep; every other frame and weight is zeroed and the
         continuous inputs are dropped. ``None``: no dropout.
+      text_token0_as_pad: text token 0 becomes id 0 (weight kept) instead of ``text_offset``.
+      guidance_keep_other_audio: under guidance dropout, the content frames of the other
+        codec-audio messages keep their delay-interleaved ids (weight 0), as in the
+        reference; False zeroes them with the rest.
     """
     s = vocab.num_streams
     sizes = []  # content frames per message (validated first, then written into one buffer)
@@ -94,7 +110,7 @@ def template(
     out_ids = np.zeros((1 + sum(sizes) + 3 * len(sizes), s), np.int32)
     out_mask = np.zeros(out_ids.shape, np.float32)
     out_ids[0, 0] = BOS
-    spans, mel_pieces, mel_start, mel_clip = [], [], [], []
+    spans, audio_content, mel_pieces, mel_start, mel_clip = [], [], [], [], []
     frame = 1
     for i, (m, n) in enumerate(zip(ex.messages, sizes)):
         w = 1.0 if loss_region == "all" or m.role == "assistant" else 0.0
@@ -102,12 +118,13 @@ def template(
         out_ids[frame, 0], out_ids[frame + 1, 0] = ROLE_IDS[m.role], MODALITY_IDS[m.modality]
         out_mask[frame:c, 0] = w
         if m.kind == "text":
-            out_ids[c : c + n, 0] = vocab.text_ids(m.array)
+            out_ids[c : c + n, 0] = text_frame_ids(m.array, vocab, text_token0_as_pad)
             out_mask[c : c + n, 0] = w
         elif m.kind == "codes":  # delay interleave: stream k shifted by k frames, gaps hold its pad id
             pads = vocab.audio_pads
             delay_interleave(m.array + (pads + 1), pads, out=out_ids[c : c + n])
             out_mask[c : c + n] = w / s
+            audio_content.append((c, c + n))
         else:  # mel: placeholder frames (zero), cut into pieces of one encoder window
             for q in range(0, len(m.array), piece_frames):
                 mel_pieces.append(min(piece_frames, len(m.array) - q))
@@ -122,7 +139,11 @@ def template(
     if guidance_keep is not None:
         keep = np.zeros(len(out_ids), bool)
         keep[slice(*spans[guidance_keep])] = True
-        out_ids[~keep], out_mask[~keep] = 0, 0.0
+        keep_ids = keep.copy()
+        if guidance_keep_other_audio:  # the reference writes every codec entry back after zeroing
+            for start, end in audio_content:
+                keep_ids[start:end] = True
+        out_ids[~keep_ids], out_mask[~keep] = 0, 0.0
         mel_pieces, mel_start, mel_clip = [], [], []
     lengths = np.asarray(mel_pieces, np.int32)
     # The pieces of a clip are consecutive slices of it: the stream is the clips in order.

@@ -52,8 +52,14 @@ def templated_prompt(preparer: Preparer, messages, mel_bins: int, name: str = "p
     prepared, skipped = preparer.prepare([example])
     if skipped:
         raise PromptError(f"{name}: {skipped[0][2]}")
+    data = preparer.cfg.data
     out = template(
-        prepared[0], preparer.vocab, output_lengths, piece_frames=preparer.cfg.data.piece_frames, mel_bins=mel_bins
+        prepared[0],
+        preparer.vocab,
+        output_lengths,
+        piece_frames=data.piece_frames,
+        mel_bins=mel_bins,
+        text_token0_as_pad=data.text_token0_as_pad,
     )
     role = np.zeros((1, out["ids"].shape[1]), np.int32)
     role[0, 0] = ASSISTANT

@@ -8,6 +8,11 @@ different segment than its position (packed rows) or in padding gets weight 0.
 
 loss = Σ weight × CE / (number of positions whose stream-0 weight is non-zero)
 
+The denominator counts those positions whatever their target, as the reference does: a
+weighted stream-0 target 0 (the template's text token 0, see ``data.text_token0_as_pad``)
+adds to it but not to the sum. The loss needs no switch of its own: with
+``text_token0_as_pad: false`` no template gives a weighted target 0, so the two agree.
+
 Logits are computed one chunk of ``chunk`` frames at a time inside a rematerialised
 scan, so neither ``[batch, frames, vocab]`` nor ``[batch, frames, streams-1, audio]``
 fp32 logits ever exist whole, in the forward or the backward pass.
@@ -23,21 +28,25 @@ from bagpiper_jax.vocab import Vocab
 
 
 def next_frame_targets(ids: jax.Array, loss_mask: jax.Array, segment_ids: jax.Array, vocab: Vocab):
-    """Targets ``[batch, frames, streams]`` and their weights, shifted by one frame.
+    """Targets ``[batch, frames, streams]``, their cross-entropy weights and the positions
+    the loss divides by, shifted by one frame.
 
     Stream >= 1 targets are returned relative to ``vocab.audio_offset``. The last
-    position of a row has weight 0.
+    position of a row has weight 0. Returns ``(targets, weights, counted)``: ``weights``
+    are 0 for ignored targets (stream-0 id 0, streams >= 1 outside the audio range);
+    ``counted [batch, frames]`` marks the positions whose stream-0 weight is non-zero,
+    ignored target or not (the denominator).
     """
     targets = jnp.roll(ids, -1, axis=1)
     weights = jnp.roll(loss_mask.astype(jnp.float32), -1, axis=1)
     next_segment = jnp.roll(segment_ids, -1, axis=1)
     frames = ids.shape[1]
     keep = (next_segment == segment_ids) & (next_segment != 0) & (jnp.arange(frames) < frames - 1)
+    weights = weights * keep[..., None]
     audio = targets[..., 1:] - vocab.audio_offset
     valid = jnp.concatenate([targets[..., :1] != 0, (audio >= 0) & (audio < vocab.audio_size)], axis=-1)
-    weights = weights * (keep[..., None] & valid)
     targets = jnp.concatenate([targets[..., :1], jnp.clip(audio, 0, vocab.audio_size - 1)], axis=-1)
-    return targets, weights
+    return targets, weights * valid, weights[..., 0] != 0
 
 
 def _cross_entropy(logits: jax.Array, targets: jax.Array):
@@ -50,8 +59,8 @@ def _cross_entropy(logits: jax.Array, targets: jax.Array):
 
 def loss_positions(ids: jax.Array, loss_mask: jax.Array, segment_ids: jax.Array, vocab: Vocab) -> jax.Array:
     """The loss denominator: positions whose stream-0 weight is non-zero (float32 scalar)."""
-    _, weights = next_frame_targets(ids, loss_mask, segment_ids, vocab)
-    return jnp.sum(weights[..., 0] != 0).astype(jnp.float32)
+    _, _, counted = next_frame_targets(ids, loss_mask, segment_ids, vocab)
+    return jnp.sum(counted).astype(jnp.float32)
 
 
 def multistream_loss(
@@ -78,7 +87,7 @@ def multistream_loss(
       ``(loss, sums)``; ``sums`` holds ``stream_loss_sum``, ``stream_correct_sum``,
       ``stream_weight`` (each ``[streams]``) and ``positions``; see :func:`stream_metrics`.
     """
-    targets, weights = next_frame_targets(ids, loss_mask, segment_ids, vocab)
+    targets, weights, counted = next_frame_targets(ids, loss_mask, segment_ids, vocab)
     batch, frames, _ = hidden.shape
     chunk = min(chunk, frames)
     pad = -frames % chunk
@@ -115,7 +124,7 @@ def multistream_loss(
         (zeros, zeros),
         (chunked(hidden), chunked(targets), chunked(weights)),
     )
-    positions = jnp.sum(weights[..., 0] != 0).astype(jnp.float32)
+    positions = jnp.sum(counted).astype(jnp.float32)
     loss = jnp.sum(loss_sum) / jnp.maximum(positions if denominator is None else denominator, 1.0)
     sums = {
         "stream_loss_sum": loss_sum,
