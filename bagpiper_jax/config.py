@@ -296,43 +296,69 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class GenerateConfig:
-    """Decoding defaults (docs/generation.md); ``bagpiper-generate`` flags override them.
+class SegmentDecoding:
+    """How the segments of one modality decode (the reference's per-modality inference
+    settings; docs/generation.md). Defaults: the recipe's text settings.
 
-    Frame counts of a segment exclude its role, modality and END frames; an audio
-    segment of ``n`` codec frames occupies ``n + num_streams - 1`` (delay-interleaved).
+    Steps count a segment's frames after its modality token, delay-interleaved frames for
+    audio (``n`` codec frames take ``n + num_streams - 1``), its END frame included.
     """
 
-    text_temperature: float = 0.0  # 0 = greedy
-    text_top_k: int = 0  # 0 = no top-k cut
-    audio_temperature: float = 0.8
-    audio_top_k: int = 20
-    audio_guidance_scale: float = 3.0  # classifier-free guidance: s * cond - (s - 1) * uncond; 1 = none
-    min_text_frames: int = 1  # end tokens forbidden before this many text tokens
-    max_text_frames: int = 256
-    min_audio_frames: int = 25  # codec frames before the audio may end (0.5 s)
-    max_audio_frames: int = 1024
-    max_segments: int = 4  # assistant segments per answer (caption, answer/audio, ...)
+    temperature: float = 0.6  # 0 = greedy (argmax)
+    top_k: int = 20  # sample among the top_k allowed ids of each stream (0 = all)
+    guidance_scale: float = 1.0  # classifier-free guidance s * cond + (1 - s) * uncond; 1 = none
+    min_step: int = 1  # the END tokens are allowed from this step on
+    max_step: int = 8192  # steps a segment may take; one that reaches it is cut without END
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioDecoding(SegmentDecoding):
+    """:class:`SegmentDecoding` of audio segments. Defaults: the recipe's audio settings."""
+
+    temperature: float = 0.8
+    guidance_scale: float = 3.0
+    min_step: int = 50
+    max_step: int = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    """Decoding settings (docs/generation.md); ``bagpiper-generate`` reads them like any key
+    (``generate.audio.temperature=0.9``).
+
+    The defaults are the reference's rules and recipe values. The switches restore this
+    library's earlier, stricter rules, each on its own.
+    """
+
+    text: SegmentDecoding = dataclasses.field(default_factory=SegmentDecoding)
+    audio: AudioDecoding = dataclasses.field(default_factory=AudioDecoding)
+    max_segments: int = 4  # assistant segments per answer at most (beyond a longer enforced list)
     max_new_frames: int = 1536  # KV-cache room after the prompt; rows that fill it are truncated
     samples: int = 1  # samples per prompt
     seed: int = 0
+    # Each audio stream follows the delay pattern (its pad for the first n steps and after its
+    # codes; stream 0's pad ends the codes) and the END frame comes right after the block.
+    strict_delay_pattern: bool = False
+    # <|eot|> only where another segment follows (by the enforced list, else before the last
+    # of max_segments), <|eos|> only where the answer ends.
+    planned_end_tokens: bool = False
+    end_at_max_step: bool = False  # a segment reaching max_step ends with an END token, not cut
+    # Unconditional (guidance) row: "reference" = pad for everything before the guided
+    # segment, <|assistant|> included; "audio_segments" = a pad prompt ending in <|assistant|>
+    # that then sees the frames of every audio segment.
+    unconditional_row: str = "reference"
 
     def __post_init__(self):
-        for name in (
-            "text_temperature",
-            "audio_temperature",
-            "text_top_k",
-            "audio_top_k",
-            "min_text_frames",
-            "min_audio_frames",
-        ):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"generate.{name} must be >= 0, got {getattr(self, name)}")
-        _check_positive(
-            "generate", self, ("max_text_frames", "max_audio_frames", "max_segments", "max_new_frames", "samples")
-        )
-        if self.audio_guidance_scale < 1.0:
-            raise ConfigError(f"generate.audio_guidance_scale must be >= 1, got {self.audio_guidance_scale}")
+        for modality in ("text", "audio"):
+            segment = getattr(self, modality)
+            for name in ("temperature", "top_k", "min_step"):
+                if getattr(segment, name) < 0:
+                    raise ConfigError(f"generate.{modality}.{name} must be >= 0, got {getattr(segment, name)}")
+            _check_positive(f"generate.{modality}", segment, ("max_step",))
+            if segment.guidance_scale < 1.0:
+                raise ConfigError(f"generate.{modality}.guidance_scale must be >= 1, got {segment.guidance_scale}")
+        _check_positive("generate", self, ("max_segments", "max_new_frames", "samples"))
+        _check_choice("generate.unconditional_row", self.unconditional_row, ("reference", "audio_segments"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,7 +413,20 @@ MOVED_KEYS = {
     "data.tokenizer": "assets.tokenizer",
     "data.codec": "assets.codec",
     "data.cfg_drop": "data.guidance_drop",
-    "generate.audio_cfg_scale": "generate.audio_guidance_scale",
+    # Per-modality decoding settings (generate.text / generate.audio). Audio steps count
+    # interleaved frames, 7 more than the codec frames the old audio keys counted.
+    "generate.audio_cfg_scale": "generate.audio.guidance_scale",
+    "generate.audio_guidance_scale": "generate.audio.guidance_scale",
+    **{
+        f"generate.{modality}_{name}": f"generate.{modality}.{name}"
+        for modality in ("text", "audio")
+        for name in ("temperature", "top_k")
+    },
+    **{
+        f"generate.{bound}_{modality}_frames": f"generate.{modality}.{bound}_step"
+        for modality in ("text", "audio")
+        for bound in ("min", "max")
+    },
 }
 
 
@@ -395,14 +434,18 @@ def migrate_moved_keys(data: dict, source: str = "config", warn: bool = True) ->
     """``data`` (nested plain dict) with every key of :data:`MOVED_KEYS` moved to its new
     place; giving both the old and the new key is an error."""
     for old, new in MOVED_KEYS.items():
-        old_section, old_name = old.split(".")
-        section = data.get(old_section)
+        *old_path, old_name = old.split(".")
+        section = data
+        for part in old_path:
+            section = section.get(part) if isinstance(section, dict) else None
         if not isinstance(section, dict) or old_name not in section:
             continue
-        new_section, new_name = new.split(".")
-        target = data.setdefault(new_section, {})
-        if not isinstance(target, dict):
-            raise ConfigError(f"{source}: {new_section} must be a mapping")
+        *new_path, new_name = new.split(".")
+        target = data
+        for depth, part in enumerate(new_path):
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{source}: {'.'.join(new_path[: depth + 1])} must be a mapping")
         if new_name in target:
             raise ConfigError(f"{source}: both {old} (its old name) and {new} are given; keep {new}")
         target[new_name] = section.pop(old_name)

@@ -2,12 +2,13 @@
 frames/s per batch size; one JSON line.
 
 Random-init params; synthetic prompts (``<|bos|> <|user|> <|text|>`` + text tokens +
-``<|eos|> <|assistant|>``); the answer is forced to one audio segment of exactly
-``--frames`` codec frames (``min_audio_frames = max_audio_frames``), so every row decodes
-``frames + streams + 1`` frames with the docs/generation.md sampling (T 0.8, top-k 20) and CFG
-(scale 3: the unconditional rows double the model batch; ``--no-guidance`` drops them).
-frames/s counts answer frames of the conditional rows over the whole call (prompt prefill
-included); compile time is reported apart.
+``<|eos|> <|assistant|>``); the answer is forced to one audio segment cut at exactly
+``--frames`` interleaved frames (``audio.min_step = audio.max_step``: no END token is
+allowed before the cut), so every row decodes ``frames + 1`` frames with the
+docs/generation.md sampling (T 0.8, top-k 20) and guidance (scale 3: the unconditional rows
+double the model batch; ``--no-guidance`` drops them). frames/s counts answer frames of the
+conditional rows over the whole call (prompt prefill included); compile time is reported
+apart.
 
     python bench/generate.py                                              # tiny, CPU
     python bench/generate.py --config configs/8b.yaml --layers 4 --frames 256   # 8B width, GPU
@@ -45,7 +46,7 @@ def main(argv=None):
     p.add_argument("--layers", type=int, default=0, help="override model.layers")
     p.add_argument("--batch", default="1,16", help="comma-separated batch sizes (prompts)")
     p.add_argument("--prompt", type=int, default=64, help="text tokens per prompt")
-    p.add_argument("--frames", type=int, default=128, help="codec frames per answer")
+    p.add_argument("--frames", type=int, default=128, help="interleaved audio frames per answer")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per batch size (best is reported)")
     p.add_argument("--no-guidance", action="store_true", help="no classifier-free guidance rows")
     p.add_argument("overrides", nargs="*", help="config overrides, key.path=value")
@@ -53,26 +54,28 @@ def main(argv=None):
     overrides = [f"model.layers={args.layers}"] * bool(args.layers) + list(args.overrides)
     cfg = load_config(args.config, overrides)
     vocab = Vocab.from_config(cfg.model)
-    settings = dataclasses.replace(cfg.generate, min_audio_frames=args.frames, max_audio_frames=args.frames)
-    rules = DecodeRules(vocab, settings, modality_plan(("audio",)))
+    audio = dataclasses.replace(cfg.generate.audio, min_step=args.frames, max_step=args.frames)
+    rules = DecodeRules(vocab, dataclasses.replace(cfg.generate, audio=audio), modality_plan(("audio",)))
     prompt_frames = args.prompt + 5
-    answer_frames = args.frames + vocab.num_streams + 1  # modality, interleaved block, END
+    answer_frames = args.frames + 1  # modality, then the interleaved frames up to the cut
     slots = -(-(prompt_frames + answer_frames) // 64) * 64
     mesh = make_mesh(cfg.mesh)
     graphdef, params, _ = init_model(cfg.model, cfg.runtime, mesh, cfg.mesh.rules, cfg.seed)
-    scale = None if args.no_guidance else jnp.float32(settings.audio_guidance_scale)
+    guidance = not args.no_guidance and audio.guidance_scale > 1
     results = []
     with jax.set_mesh(mesh):
         for batch in (int(b) for b in args.batch.split(",")):
             prompts = synthetic_prompts(vocab, batch, args.prompt, cfg.seed)
             key = jax.random.key(0)
             t0 = time.perf_counter()
-            compiled = decode.lower(graphdef, params, prompts, key, scale, rules=rules, slots=slots).compile()
+            compiled = decode.lower(
+                graphdef, params, prompts, key, rules=rules, slots=slots, guidance=guidance
+            ).compile()
             compile_s = time.perf_counter() - t0
             times = []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
-                out = jax.block_until_ready(compiled(params, prompts, key, scale))
+                out = jax.block_until_ready(compiled(params, prompts, key))
                 times.append(time.perf_counter() - t0)
             decoded = int(np.sum(np.asarray(out.end) - prompt_frames))
             if decoded != batch * answer_frames:
@@ -96,7 +99,7 @@ def main(argv=None):
                 "dtype": cfg.runtime.dtype,
                 "device": jax.devices()[0].device_kind,
                 "devices": jax.device_count(),
-                "cfg": scale is not None,
+                "cfg": guidance,
                 "prompt_frames": prompt_frames,
                 "answer_frames": answer_frames,
                 "slots": slots,

@@ -45,3 +45,14 @@ def test_errors_are_one_line(main, argv, message, capsys, tmp_path, monkeypatch)
 def test_debug_shows_the_traceback():
     with pytest.raises(ConfigError, match="unknown config key 'train.stepz'"):
         train.main(["--config", str(TINY), "train.stepz=3", "--debug"])
+
+
+def test_enforce_modality_flag_is_checked(capsys):
+    """``bagpiper-generate --enforce-modality`` takes a comma-separated list of text/audio;
+    anything else is a usage error naming the flag, before any checkpoint is read."""
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main(
+            ["--checkpoint", "c", "--config", str(TINY), "--audio", "a.wav", "--enforce-modality", "text,video"]
+        )
+    assert exit_info.value.code == 2
+    assert "--enforce-modality: modalities must be a comma-separated list of text/audio" in capsys.readouterr().err

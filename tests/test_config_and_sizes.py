@@ -2,11 +2,20 @@
 
 import jax
 import pytest
+import yaml
 from helpers import REPO, TINY
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
 from bagpiper_jax.codec.config import XCodecConfig
-from bagpiper_jax.config import ConfigError, config_from_dict, from_dict, load_config, to_dict
+from bagpiper_jax.config import (
+    AudioDecoding,
+    ConfigError,
+    SegmentDecoding,
+    config_from_dict,
+    from_dict,
+    load_config,
+    to_dict,
+)
 from bagpiper_jax.model.create import abstract_model
 from bagpiper_jax.model.flops import param_count, train_flops_per_frame
 from bagpiper_jax.vocab import Vocab
@@ -53,8 +62,6 @@ def test_flops_per_frame_counts_layers_head_and_attention():
 def test_overrides_and_round_trip(tmp_path):
     cfg = load_config(TINY, ["model.layers=3", "mesh.fsdp=2", "model.rope_theta=5e5", "seed=7"])
     assert (cfg.model.layers, cfg.mesh.fsdp, cfg.model.rope_theta, cfg.seed) == (3, 2, 5e5, 7)
-    import yaml
-
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     assert load_config(tmp_path / "c.yaml") == cfg
 
@@ -71,6 +78,10 @@ def test_overrides_and_round_trip(tmp_path):
         ("mesh.rules=[[embed, fsdpp]]", "maps to unknown mesh axis 'fsdpp'"),
         ("model", "must look like key.path=value"),
         ("model.layers.x=1", "'layers' is not a section"),
+        ("generate.audio.temperature=-1", r"generate.audio.temperature must be >= 0, got -1"),
+        ("generate.text.guidance_scale=0.5", "generate.text.guidance_scale must be >= 1"),
+        ("generate.text.max_step=0", "generate.text.max_step must be positive"),
+        ("generate.unconditional_row=none", "generate.unconditional_row must be one of"),
     ],
 )
 def test_bad_config_is_named(override, message):
@@ -100,13 +111,42 @@ def test_moved_keys_load_at_their_new_place_with_a_warning(tmp_path, caplog):
         cfg = load_config(tmp_path / "old.yaml", ["model.loss_chunk=32"])
     assert (cfg.model.layers, cfg.runtime.remat, cfg.runtime.loss_chunk) == (2, "full", 32)
     assert (cfg.assets.audio_encoder, cfg.assets.codec, cfg.data.guidance_drop) == ("enc", "c", 0.1)
-    assert cfg.generate.audio_guidance_scale == 2.0
+    assert cfg.generate.audio.guidance_scale == 2.0
     assert "model.remat is now runtime.remat" in caplog.text and "data.codec is now assets.codec" in caplog.text
     old = to_dict(cfg)
     old["model"]["attention"] = old["runtime"].pop("attention")  # a stored config of the old layout
     assert config_from_dict(old) == cfg
     with pytest.raises(ConfigError, match="both model.remat .* and runtime.remat are given"):
         load_config(tmp_path / "old.yaml", ["runtime.remat=dots"])
+
+
+def test_flat_generate_keys_load_as_per_modality_settings(tmp_path, caplog):
+    """The decoding keys before the per-modality sections (issue 22) land in generate.text /
+    generate.audio, from a file with a warning and from a stored config silently; the other
+    settings of a section keep that modality's defaults."""
+    old = {
+        "text_temperature": 0.0,
+        "text_top_k": 0,
+        "audio_temperature": 0.7,
+        "audio_top_k": 30,
+        "audio_guidance_scale": 2.5,
+        "min_text_frames": 2,
+        "max_text_frames": 256,
+        "min_audio_frames": 25,
+        "max_audio_frames": 1024,
+        "max_segments": 4,
+    }
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({"generate": old}))
+    with caplog.at_level("WARNING", logger="bagpiper_jax.config"):
+        cfg = load_config(tmp_path / "old.yaml")
+    assert "generate.max_audio_frames is now generate.audio.max_step" in caplog.text
+    assert cfg.generate.text == SegmentDecoding(temperature=0.0, top_k=0, min_step=2, max_step=256)
+    assert cfg.generate.audio == AudioDecoding(0.7, 30, 2.5, 25, 1024)
+    assert config_from_dict({"generate": old}) == cfg
+    partial = load_config(None, ["generate.audio.top_k=5"]).generate.audio
+    assert partial == AudioDecoding(top_k=5) and partial.guidance_scale == 3.0 and partial.min_step == 50
+    with pytest.raises(ConfigError, match="both generate.audio_top_k .* and generate.audio.top_k are given"):
+        load_config(tmp_path / "old.yaml", ["generate.audio.top_k=5"])
 
 
 def test_strict_loader_and_its_lenient_mode():

@@ -2,15 +2,18 @@
 
     bagpiper-generate --checkpoint CKPT --config CFG --audio IN.wav [--question Q]
     bagpiper-generate --checkpoint CKPT --config CFG --text "A loud low sine tone." --out OUT.wav
-    (both at once work too; trailing key=value arguments override the config, e.g.
-    generate.audio_guidance_scale=2 generate.samples=4)
+    (both at once work too; trailing key=value arguments override the config, e.g. the
+    per-modality settings generate.audio.temperature=0.9 generate.text.top_k=0
+    generate.audio.guidance_scale=2 generate.audio.max_step=1024, or generate.samples=4)
 
 ``CKPT``: a model checkpoint, a run directory (latest step) or ``<run>/checkpoints/<step>``.
 Understanding writes the clip's rich caption and, with ``--question``, the answer after it
 (caption-then-answer). Generation writes a rich caption of the text, then the audio
 (``--no-caption``: the audio directly), to ``OUT.wav`` (``OUT-<k>.wav`` per sample when
-``generate.samples`` > 1), 16 kHz 16-bit PCM. Prints one JSON object: texts, output paths
-and timing (decoded frames, decode seconds excluding compilation, frames/s).
+``generate.samples`` > 1), 16 kHz 16-bit PCM. Those are the modalities each answer is made to
+start with (the reference's ``enforce_modality``); ``--enforce-modality text,audio`` sets
+them for every run instead. Prints one JSON object: texts, output paths and timing (decoded
+frames, decode seconds excluding compilation, frames/s).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from bagpiper_jax.cli.command import add_common_flags, run
 from bagpiper_jax.config import load_config
 from bagpiper_jax.generate import Generator
 from bagpiper_jax.sharding import make_mesh
+from bagpiper_jax.vocab import MODALITY_IDS
 
 
 def _wav_paths(out: str, samples: int) -> list[Path]:
@@ -34,6 +38,14 @@ def _wav_paths(out: str, samples: int) -> list[Path]:
     if samples == 1:
         return [path]
     return [path.with_name(f"{path.stem}-{k}{path.suffix}") for k in range(samples)]
+
+
+def _modalities(value: str) -> tuple[str, ...]:
+    modalities = tuple(m.strip() for m in value.split(",") if m.strip())
+    bad = [m for m in modalities if m not in MODALITY_IDS]
+    if bad or not modalities:
+        raise argparse.ArgumentTypeError(f"modalities must be a comma-separated list of text/audio, got {value!r}")
+    return modalities
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -47,7 +59,7 @@ def _generate(args: argparse.Namespace) -> int:
         if args.question:
             messages.append(("user", "text", args.question))
             plan = ("text", "text")
-        run = generator.generate([messages], plan, seed=args.seed)
+        run = generator.generate([messages], args.enforce_modality or plan, seed=args.seed)
         runs.append(run)
         answers = run.answers[0]
         result["understanding"] = {
@@ -61,7 +73,7 @@ def _generate(args: argparse.Namespace) -> int:
             )
     if args.text:
         plan = ("audio",) if args.no_caption else ("text", "audio")
-        run = generator.generate([[("user", "text", args.text)]], plan, seed=args.seed)
+        run = generator.generate([[("user", "text", args.text)]], args.enforce_modality or plan, seed=args.seed)
         runs.append(run)
         answers = run.answers[0]
         paths = _wav_paths(args.out, len(answers))
@@ -98,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", help="description to generate audio for")
     parser.add_argument("--out", help="output wav for --text")
     parser.add_argument("--no-caption", action="store_true", help="generate audio without a rich caption first")
+    parser.add_argument(
+        "--enforce-modality",
+        type=_modalities,
+        default=(),
+        help="comma-separated modalities the answers start with (text, audio), e.g. text,audio "
+        "(default: text for --audio, text,text with --question, text,audio for --text)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="PRNG seed (default generate.seed)")
     parser.add_argument("--devices", type=int, default=0, help="use the first N devices (default: all)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key.path=value")

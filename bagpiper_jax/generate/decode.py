@@ -6,27 +6,31 @@ per step for every row, restricts and samples the next frame (see
 :mod:`bagpiper_jax.generate.rules`), and stops when every row has ended its answer or the
 cache is full.
 
-Classifier-free guidance (a ``guidance_scale``) appends one unconditional row per row: its
-prompt frames are all pad (id 0 on every stream, no continuous input) and it sees the
-frames of audio segments only (pads elsewhere), as the CFG dropout of training does. In
-audio segments both rows' logits combine as ``s * cond - (s - 1) * uncond`` and both
-receive the frame sampled from the result.
+Classifier-free guidance (``guidance=True``) appends one unconditional row per row. Inside
+a segment whose modality has a guidance scale ``s > 1``, the two rows' logits combine as
+``s * cond + (1 - s) * uncond`` on every stream, before the masks, and the unconditional
+row is fed the segment's modality token and frames too. The reference's row
+(``generate.unconditional_row: reference``) holds the pad id for everything before such a
+segment, ``<|assistant|>`` included: its prompt is all pad, it is fed pad frames outside
+guided segments, and when a row starts a guided segment after an earlier one its
+unconditional history is rebuilt as pad frames (a chunked prefill, run only then). The
+``audio_segments`` row keeps ``<|assistant|>`` and sees every audio segment.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from bagpiper_jax.audio_encoder.pieces import Continuous
-from bagpiper_jax.generate.rules import AUDIO_PHASE, DONE, DecodeRules, RowState
+from bagpiper_jax.generate.rules import DONE, DecodeRules, RowState
 from bagpiper_jax.generate.sampling import sample
 from bagpiper_jax.model.kv_cache import KVCache
-from bagpiper_jax.vocab import ASSISTANT, PAD, TEXT
 
 
 @jax.tree_util.register_dataclass
@@ -61,11 +65,13 @@ class Decoded:
 @dataclasses.dataclass
 class _Carry:
     cache: KVCache
-    frame: jax.Array  # [model rows, streams]: fed at `slot`
+    frame: jax.Array  # [rows, streams]: fed at `slot`
+    unconditional: jax.Array  # [rows, streams]: fed at `slot` to the unconditional rows
     slot: jax.Array
     state: RowState
     frames: jax.Array
     end: jax.Array
+    seen_guided: jax.Array  # [rows] bool: the unconditional row holds frames of a guided segment
 
 
 def _own_blocks(rest: jax.Array, streams: int) -> jax.Array:
@@ -75,17 +81,19 @@ def _own_blocks(rest: jax.Array, streams: int) -> jax.Array:
 
 
 def _guide(logits: jax.Array, rows: int, use: jax.Array, scale: jax.Array) -> jax.Array:
+    """Rows ``[:rows]`` of ``logits`` combined with their unconditional rows ``[rows:]`` where
+    ``use [rows]``: ``scale * cond + (1 - scale) * uncond``."""
     cond, uncond = logits[:rows], logits[rows:]
-    use = use.reshape((rows,) + (1,) * (logits.ndim - 1))
-    return jnp.where(use, scale * cond - (scale - 1) * uncond, cond)
+    shape = (rows,) + (1,) * (logits.ndim - 1)
+    scale = scale.reshape(shape)
+    return jnp.where(use.reshape(shape), scale * cond + (1 - scale) * uncond, cond)
 
 
 def _with_unconditional(prompts: Prompts, rules: DecodeRules) -> Prompts:
-    """Appends the unconditional rows: all-pad prompts whose last frame is ``<|assistant|>``
-    unless the plan makes the first segment text."""
+    """Appends the unconditional rows: all-pad prompts (no continuous input) whose last frame
+    holds :meth:`DecodeRules.unconditional_start`."""
     rows = prompts.ids.shape[0]
-    last = jnp.where(rules.planned(jnp.zeros((rows,), jnp.int32)) == TEXT, PAD, ASSISTANT)
-    unconditional = jnp.zeros_like(prompts.ids).at[:, -1, 0].set(last)
+    unconditional = jnp.zeros_like(prompts.ids).at[:, -1, 0].set(rules.unconditional_start(rows))
     continuous = None
     if prompts.continuous is not None:
         features, frames = prompts.continuous.features, prompts.continuous.frames
@@ -97,66 +105,94 @@ def _with_unconditional(prompts: Prompts, rules: DecodeRules) -> Prompts:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "rules", "slots"))
+def _pad_history(model, cache: KVCache, first: jax.Array, reset: jax.Array) -> KVCache:
+    """``cache`` whose unconditional rows (those after the first ``rows = len(reset)``) hold,
+    where ``reset [rows]``, the keys and values of pad frames in every slot: the history the
+    reference's unconditional row starts a guided segment from. Fills the slots in chunks so
+    that attention never spans the whole cache at once."""
+    rows, chunk = reset.shape[0], math.gcd(cache.slots, 128)
+    half = KVCache(cache.k[:, rows:], cache.v[:, rows:])
+    pads = jnp.zeros((rows, chunk, model.cfg.num_streams), jnp.int32)
+
+    def fill(c: KVCache, start: jax.Array):
+        return model.extend(pads, first, c, start)[1], None
+
+    fresh, _ = jax.lax.scan(fill, half, jnp.arange(0, cache.slots, chunk))
+    pick = reset[None, :, None, None, None]
+    return KVCache(
+        cache.k.at[:, rows:].set(jnp.where(pick, fresh.k, half.k)),
+        cache.v.at[:, rows:].set(jnp.where(pick, fresh.v, half.v)),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "rules", "slots", "guidance"))
 def decode(
     graphdef: nnx.GraphDef,
     params: nnx.State,
     prompts: Prompts,
     key: jax.Array,
-    guidance_scale: jax.Array | None = None,
     *,
     rules: DecodeRules,
     slots: int,
+    guidance: bool = False,
 ) -> Decoded:
     """Generates answers for ``prompts`` with a cache of ``slots`` frames per row.
 
     ``key``: PRNG key; row ``r`` samples with ``fold_in(fold_in(key, r), slot)``, so a row's
-    draws do not depend on its batch-mates. ``guidance_scale``: float32 scalar, run
-    classifier-free guidance on audio with this scale (1 gives the same frames as None);
-    None: no unconditional rows.
+    draws do not depend on its batch-mates. ``guidance``: add the unconditional rows and
+    guide the segments whose modality's ``guidance_scale`` is above 1 (without them no
+    segment is guided).
     """
-    guidance = guidance_scale is not None
     model = nnx.merge(graphdef, params)
-    settings, vocab = rules.settings, rules.vocab
     rows, prompt_frames, streams = prompts.ids.shape
     if prompt_frames >= slots:
         raise ValueError(f"prompt of {prompt_frames} frames leaves no room in a cache of {slots} slots")
     fed = _with_unconditional(prompts, rules) if guidance else prompts
+    rebuilds = guidance and rules.settings.unconditional_row == "reference"
     arch = model.cfg
     cache = KVCache.zeros(
         arch.layers, fed.ids.shape[0], slots, arch.kv_heads, arch.head_dim, model.compute_dtype, model.rules
     )
     _, cache = model.extend(fed.ids[:, :-1], fed.first, cache, jnp.int32(0), fed.continuous)
     row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(rows))
-    pads = jnp.asarray(vocab.audio_pads[1:streams])
-    max_top_k = max(settings.text_top_k, settings.audio_top_k)
     frames = jnp.zeros((rows, slots, streams), jnp.int32).at[:, :prompt_frames].set(prompts.ids)
 
     def body(c: _Carry) -> _Carry:
-        hidden, cache = model.extend(c.frame[:, None], fed.first, c.cache, c.slot)
+        state, cache, fed_frame = c.state, c.cache, c.frame
+        starts = rules.starts_guided_segment(state)
+        if rebuilds:
+            reset = starts & c.seen_guided
+            cache = jax.lax.cond(
+                jnp.any(reset), lambda k: _pad_history(model, k, prompts.first, reset), lambda k: k, cache
+            )
+        if guidance:
+            fed_frame = jnp.concatenate([c.frame, c.unconditional])
+        hidden, cache = model.extend(fed_frame[:, None], fed.first, cache, c.slot)
         logits0, rest = model.stream_logits(hidden)
         logits0, rest = logits0[:, 0], _own_blocks(rest[:, 0], streams)
-        audio = c.state.phase == AUDIO_PHASE
         if guidance:
-            logits0 = _guide(logits0, rows, audio, guidance_scale)
-            rest = _guide(rest, rows, audio, guidance_scale)
-        temperature = jnp.where(audio, settings.audio_temperature, settings.text_temperature)
-        top_k = jnp.where(audio, settings.audio_top_k, settings.text_top_k)
+            guided, scale = rules.guidance(state)
+            logits0 = _guide(logits0, rows, guided, scale)
+            rest = _guide(rest, rows, guided, scale)
+        temperature, top_k = rules.sampling(state)
         keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, c.slot)))(row_keys)
-        stream0 = sample(logits0, rules.stream0_allowed(c.state), temperature, top_k, keys[:, 0], max_top_k)
-        allowed, zero = rules.rest_allowed(c.state)
-        codes = sample(rest, allowed, temperature, top_k, keys[:, 1], max_top_k)
-        frame = jnp.concatenate([stream0[:, None], jnp.where(zero[:, None], 0, codes + pads)], axis=1)
-        live = c.state.phase != DONE
-        frame = jnp.where(live[:, None], frame, 0)
+        stream0 = sample(logits0, rules.stream0_allowed(state), temperature, top_k, keys[:, 0], rules.max_top_k)
+        blocks = sample(rest, rules.rest_allowed(state), temperature, top_k, keys[:, 1], rules.max_top_k)
+        frame = rules.assemble(state, stream0, blocks)
         out = jax.lax.dynamic_update_slice_in_dim(c.frames, frame[:, None], c.slot + 1, axis=1)
-        if guidance:
-            keep = rules.unconditional_keeps(c.state, stream0)
-            fed_frame = jnp.concatenate([frame, jnp.where(keep[:, None], frame, 0)])
-        else:
-            fed_frame = frame
+        # The reference feeds a cut segment's last frame with streams 1.. set to 0.
+        feed = frame.at[:, 1:].set(jnp.where(rules.cut(state, stream0)[:, None], 0, frame[:, 1:]))
+        unconditional = jnp.where(rules.unconditional_sees(state, stream0)[:, None], feed, 0)
+        live = state.phase != DONE
         return _Carry(
-            cache, fed_frame, c.slot + 1, rules.advance(c.state, stream0), out, jnp.where(live, c.slot + 2, c.end)
+            cache,
+            feed,
+            unconditional,
+            c.slot + 1,
+            rules.advance(state, stream0),
+            out,
+            jnp.where(live, c.slot + 2, c.end),
+            c.seen_guided | starts,
         )
 
     def running(c: _Carry) -> jax.Array:
@@ -164,11 +200,13 @@ def decode(
 
     start = _Carry(
         cache,
-        fed.ids[:, -1],
+        prompts.ids[:, -1],
+        fed.ids[rows:, -1] if guidance else jnp.zeros_like(prompts.ids[:, -1]),
         jnp.int32(prompt_frames - 1),
         RowState.start(rows),
         frames,
         jnp.full((rows,), prompt_frames, jnp.int32),
+        jnp.zeros((rows,), bool),
     )
     final = jax.lax.while_loop(running, body, start)
     return Decoded(final.frames, final.end, final.state.phase == DONE)

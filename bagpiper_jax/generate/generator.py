@@ -5,10 +5,11 @@
     gen.answer("clip.wav", "What kind of sound is this?")   # (caption, answer)
     gen.generate_audio("A loud low sine tone.")  # (caption, 16 kHz float32 waveform)
 
-Caption-then-process: ``answer`` makes the model write the clip's rich caption, then
-(after ``<|eot|>``) the answer; ``generate_audio`` writes a rich caption of the
-description, then the audio. :meth:`Generator.generate` is the general entry point:
-several prompts, several samples each, any segment plan.
+Caption-then-process: ``answer`` makes the model write the clip's rich caption, then the
+answer; ``generate_audio`` writes a rich caption of the description, then the audio (each
+enforces those segment modalities, as the reference's ``enforce_modality``).
+:meth:`Generator.generate` is the general entry point: several prompts, several samples
+each, any enforced modalities, per-call decoding settings.
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ from jax.sharding import Mesh, NamedSharding
 from bagpiper_jax.audio_encoder.frozen import mel_bins
 from bagpiper_jax.checkpoint.frozen_modules import load_frozen_tower
 from bagpiper_jax.checkpoint.model_checkpoint import ParamsSource, is_model_checkpoint
-from bagpiper_jax.config import Config
+from bagpiper_jax.config import Config, GenerateConfig
 from bagpiper_jax.data.preparer import Preparer
 from bagpiper_jax.generate.decode import Decoded, Prompts, decode
 from bagpiper_jax.generate.output import Segment, audio_codes, split_segments, text_tokens
 from bagpiper_jax.generate.prompts import PromptError, PromptRows, prompt_rows, templated_prompt
-from bagpiper_jax.generate.rules import FREE, DecodeRules, modality_plan
+from bagpiper_jax.generate.rules import DecodeRules, modality_plan
 from bagpiper_jax.sharding import logical_to_spec, make_mesh
-from bagpiper_jax.vocab import AUDIO, Vocab
+from bagpiper_jax.vocab import Vocab
 
 CACHE_ROUND = 64  # cache slots are rounded up to this (fewer compiled shapes)
 
@@ -43,7 +44,7 @@ CACHE_ROUND = 64  # cache slots are rounded up to this (fewer compiled shapes)
 @dataclasses.dataclass
 class Answer:
     """One generated answer: ``parts`` are ``("text", str)`` / ``("audio", float32 wav)``
-    in order; ``finished`` is False when the cache filled before ``<|eos|>``."""
+    in order; ``finished`` is False when the cache filled before the answer ended."""
 
     parts: list[tuple[str, str | np.ndarray]]
     finished: bool
@@ -116,30 +117,33 @@ class Generator:
     def generate(
         self,
         prompts: Sequence[Sequence[tuple[str, str, str]]],
-        modalities: Sequence[str | None] = (),
+        enforce_modality: Sequence[str | None] = (),
         samples: int | None = None,
         seed: int | None = None,
         guidance: bool | None = None,
+        settings: GenerateConfig | None = None,
     ) -> Generation:
         """Answers every prompt ``samples`` times (default ``generate.samples``).
 
         Args:
           prompts: each a list of ``(role, modality, content)`` user/system messages (audio
             content: a file path).
-          modalities: the answer's segment plan, e.g. ``("text", "audio")``; ``None`` entries
-            and an empty plan let the model choose (up to ``generate.max_segments``).
+          enforce_modality: the modalities of the answer's first segments, e.g.
+            ``("text", "audio")`` (the reference's ``enforce_modality``); a ``None`` entry lets
+            the model choose that one. Past the list the model chooses, and decides whether
+            to go on (docs/generation.md).
           seed: PRNG seed (default ``generate.seed``).
-          guidance: classifier-free guidance on audio (default: when the scale is not 1 and
-            the plan allows audio).
+          guidance: classifier-free guidance rows (default: when a segment the rules allow
+            has a guidance scale above 1).
+          settings: decoding settings for this call (default ``cfg.generate``): per-modality
+            temperature, top-k, guidance scale and min/max steps, and the rule switches.
         """
-        settings = self.cfg.generate
+        settings = self.cfg.generate if settings is None else settings
         samples = settings.samples if samples is None else samples
         if samples <= 0:
             raise ValueError(f"samples must be positive, got {samples}")
-        plan = modality_plan(modalities)
-        rules = DecodeRules(self.vocab, settings, plan)
-        if guidance is None:
-            guidance = settings.audio_guidance_scale != 1.0 and (not plan or any(m in (AUDIO, FREE) for m in plan))
+        rules = DecodeRules(self.vocab, settings, modality_plan(enforce_modality))
+        guidance = rules.may_guide if guidance is None else guidance
         templated = [
             templated_prompt(self.preparer, p, mel_bins(self.tower), f"prompt {i}") for i, p in enumerate(prompts)
         ]
@@ -152,7 +156,6 @@ class Generator:
         slots = min(max_frames, -(-(prompt_frames + settings.max_new_frames) // CACHE_ROUND) * CACHE_ROUND)
         model_prompts = self._model_prompts(rows)
         key = jax.random.key(settings.seed if seed is None else seed)
-        scale = jnp.float32(settings.audio_guidance_scale) if guidance else None
         signature = (
             rules,
             slots,
@@ -164,11 +167,11 @@ class Generator:
             t0 = time.perf_counter()
             if signature not in self._compiled:  # compile once per shape; timed apart from decoding
                 self._compiled[signature] = decode.lower(
-                    self.graphdef, self.params, model_prompts, key, scale, rules=rules, slots=slots
+                    self.graphdef, self.params, model_prompts, key, rules=rules, slots=slots, guidance=guidance
                 ).compile()
             compiled = self._compiled[signature]
             t1 = time.perf_counter()
-            out = jax.block_until_ready(compiled(self.params, model_prompts, key, scale))
+            out = jax.block_until_ready(compiled(self.params, model_prompts, key))
             t2 = time.perf_counter()
         answers = self._answers(out, rows, len(templated), samples)
         frames = sum(a.frames for per_prompt in answers for a in per_prompt)
@@ -190,7 +193,9 @@ class Generator:
         frames, end, finished = (np.asarray(x) for x in (out.frames, out.end, out.finished))
         start = rows.ids.shape[1]
         segments = {
-            r: split_segments(frames[r], start, int(end[r])) for r in range(len(rows.prompt)) if rows.prompt[r] >= 0
+            r: split_segments(frames[r], start, int(end[r]), bool(finished[r]))
+            for r in range(len(rows.prompt))
+            if rows.prompt[r] >= 0
         }
         audio = [
             (r, i, audio_codes(s, self.vocab))
