@@ -16,7 +16,6 @@ import dataclasses
 
 import numpy as np
 
-from bagpiper_jax.audio_encoder.config import output_lengths
 from bagpiper_jax.audio_encoder.pieces import MelPieces
 from bagpiper_jax.data.manifest import Example, Message
 from bagpiper_jax.data.preparer import Preparer
@@ -53,7 +52,7 @@ def templated_prompt(preparer: Preparer, messages, mel_bins: int, name: str = "p
     if skipped:
         raise PromptError(f"{name}: {skipped[0][2]}")
     out = template(
-        prepared[0], preparer.vocab, output_lengths, piece_frames=preparer.cfg.data.piece_frames, mel_bins=mel_bins
+        prepared[0], preparer.vocab, preparer.tokens_for, piece_frames=preparer.cfg.data.piece_frames, mel_bins=mel_bins
     )
     role = np.zeros((1, out["ids"].shape[1]), np.int32)
     role[0, 0] = ASSISTANT
