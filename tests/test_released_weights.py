@@ -46,6 +46,79 @@ PREFIX_COUNTS = {  # the released files (DESIGN.md §8)
 }
 
 
+# The served config.json of Bagpiper-8B (the vLLM fork's BagpiperConfig and its sub-configs),
+# field by field; text_temperature / text_topk come from the run's generate section.
+VLLM_8B = {
+    "architectures": ["BagpiperForConditionalGeneration"],
+    "model_type": "bagpiper",
+    "torch_dtype": "bfloat16",
+    "num_stream": 8,
+    "adaptor_input_dim": 2048,
+    "vocab_size": 160_392,
+    "hidden_size": 4096,
+    "codec_base_offset": 152_192,
+    "codec_layer_size": 1025,
+    "text_token_offset": 256,
+    "text_token_end": 152_192,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "eot_token_id": 3,
+    "system_token_id": 4,
+    "user_token_id": 5,
+    "assistant_token_id": 6,
+    "text_token_id": 7,
+    "audio_token_id": 8,
+    "audio_placeholder_token_id": 8,
+    "initializer_range": 0.02,
+    "audio_temperature": 0.8,
+    "audio_topk": 20,
+    "text_temperature": None,
+    "text_topk": None,
+    "xcodec_hf_model_tag": "hf-audio/xcodec-hubert-general",
+    "xcodec_sample_rate": 16000,
+}
+VLLM_8B_TEXT = {
+    "model_type": "bagpiper_text",
+    "vocab_size": 160_392,
+    "hidden_size": 4096,
+    "intermediate_size": 12_288,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "max_position_embeddings": 40_960,
+    "initializer_range": 0.02,
+    "rms_norm_eps": 1e-6,
+    "use_cache": True,
+    "tie_word_embeddings": False,
+    "rope_theta": 1_000_000.0,
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+}
+VLLM_8B_AUDIO = {
+    "model_type": "bagpiper_audio_encoder",
+    "num_mel_bins": 128,
+    "encoder_layers": 32,
+    "encoder_attention_heads": 20,
+    "encoder_ffn_dim": 5120,
+    "d_model": 1280,
+    "dropout": 0.0,
+    "attention_dropout": 0.0,
+    "activation_function": "gelu",
+    "activation_dropout": 0.0,
+    "scale_embedding": False,
+    "initializer_range": 0.02,
+    "max_source_positions": 1500,
+    "n_window": 100,
+    "output_dim": 2048,
+    "n_window_infer": 400,
+    "conv_chunksize": 500,
+    "downsample_hidden_size": 480,
+}
+
+
 def torch_state(path) -> dict[str, torch.Tensor]:
     """A .pt's state dict (the plain one, or the one under "module")."""
     state = torch.load(path, mmap=True, weights_only=True)
@@ -93,6 +166,12 @@ def test_full_size_key_plan():
     assert expected["model.embed_tokens.weight"] == expected["lm_head.weight"] == (160_392, 4096)
 
 
+def imported(torch_file, root, out):
+    """``from-torch`` of ``torch_file`` with the setup's config into ``out``."""
+    assert main(["from-torch", "--torch", str(torch_file), "--config", str(root / "cfg.yaml"), "--out", str(out)]) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def released(setup, tmp_path_factory):  # noqa: F811
     """Tiny ESPnet-native files as torch.save writes them: bf16 parameters + a float32
@@ -116,31 +195,11 @@ def test_espnet_round_trip_is_bit_exact(released, tmp_path, name, container):
     vocab_weight the file came with included), in the same container, and the reference's
     strict loader accepts it."""
     out, root, cfg = released
-    assert (
-        main(
-            [
-                "from-torch",
-                "--torch",
-                str(out / name),
-                "--config",
-                str(root / "cfg.yaml"),
-                "--out",
-                str(tmp_path / "ckpt"),
-            ]
-        )
-        == 0
-    )
+    imported(out / name, root, tmp_path / "ckpt")
     kind = "ones" if name == "ones.pt" else "recipe"
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["vocab_weight"] == kind
-    argv = [
-        "to-torch",
-        "--checkpoint",
-        str(tmp_path / "ckpt"),
-        "--out",
-        str(tmp_path / "again.pt"),
-        "--format",
-        "espnet",
-    ]
+    argv = ["to-torch", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "again.pt")]
+    argv += ["--format", "espnet"]
     assert main([*argv, "--container", container]) == 0
     raw = torch.load(tmp_path / "again.pt", weights_only=True)
     assert (list(raw) == ["module"]) == (container == "deepspeed")
@@ -196,15 +255,16 @@ def test_vllm_directory(setup, tmp_path, caplog):  # noqa: F811
     for key, value in reference.items():
         assert exported[key].dtype == ml_dtypes.bfloat16, key
         np.testing.assert_array_equal(exported[key], value.astype(ml_dtypes.bfloat16), err_msg=key)
-    # config.json: the vLLM fork's BagpiperConfig fields for the tiny config
+    # config.json: the fields of the fork's BagpiperConfig (the list above), here for the tiny config
     config = json.loads((served / "config.json").read_text())
-    tower = load_tower_config(root / "encoder")
-    assert config == vllm_config(cfg, tower)
+    assert config == vllm_config(cfg, load_tower_config(root / "encoder"))
+    assert (set(config), set(config["text_config"]), set(config["audio_config"])) == (
+        set(VLLM_8B) | {"text_config", "audio_config"},
+        set(VLLM_8B_TEXT),
+        set(VLLM_8B_AUDIO),
+    )
     audio_offset = 16 + 1024  # num_special + text_vocab_size (configs/tiny.yaml)
-    expected = {
-        "architectures": ["BagpiperForConditionalGeneration"],
-        "model_type": "bagpiper",
-        "num_stream": 8,
+    tiny = {
         "adaptor_input_dim": 32,
         "vocab_size": audio_offset + 8 * 65,
         "hidden_size": 64,
@@ -212,10 +272,9 @@ def test_vllm_directory(setup, tmp_path, caplog):  # noqa: F811
         "codec_layer_size": 65,
         "text_token_offset": 16,
         "text_token_end": audio_offset,
-        "audio_placeholder_token_id": 8,
-        "torch_dtype": "bfloat16",
     }
-    assert {k: config[k] for k in expected} == expected
+    assert {k: config[k] for k in tiny} == tiny
+    assert (config["audio_config"]["n_window"], config["audio_config"]["n_window_infer"]) == (50, 100)
     # the configs describe the tensors: HF modules built from them load them strictly
     qwen = Qwen3ForCausalLM(Qwen3Config(**config["text_config"]))
     qwen.load_state_dict(
@@ -250,83 +309,21 @@ def test_vllm_directory(setup, tmp_path, caplog):  # noqa: F811
 
 
 def test_vllm_config_of_the_8b_release():
-    """The fields of the reference's served config.json, for configs/8b.yaml with the vLLM
-    fork's tower windows (n_window 100 / n_window_infer 400)."""
+    """Every field of the served config.json for configs/8b.yaml with the vLLM fork's tower
+    windows (n_window 100 / n_window_infer 400): those of the fork's BagpiperConfig."""
     cfg = load_config(REPO / "configs" / "8b.yaml")
     config = vllm_config(cfg, AudioEncoderConfig(n_window=100, n_window_infer=400))
-    expected = {
-        "architectures": ["BagpiperForConditionalGeneration"],
-        "model_type": "bagpiper",
-        "num_stream": 8,
-        "adaptor_input_dim": 2048,
-        "vocab_size": 160_392,
-        "hidden_size": 4096,
-        "codec_base_offset": 152_192,
-        "codec_layer_size": 1025,
-        "text_token_offset": 256,
-        "text_token_end": 152_192,
-        "pad_token_id": 0,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "eot_token_id": 3,
-        "system_token_id": 4,
-        "user_token_id": 5,
-        "assistant_token_id": 6,
-        "text_token_id": 7,
-        "audio_token_id": 8,
-        "audio_placeholder_token_id": 8,
-        "audio_temperature": 0.8,
-        "audio_topk": 20,
-        "text_temperature": cfg.generate.text_temperature,
-        "text_topk": cfg.generate.text_top_k,
-        "xcodec_hf_model_tag": "hf-audio/xcodec-hubert-general",
-        "xcodec_sample_rate": 16000,
-    }
-    assert {k: config[k] for k in expected} == expected
-    text = {
-        "model_type": "bagpiper_text",
-        "vocab_size": 160_392,
-        "hidden_size": 4096,
-        "intermediate_size": 12_288,
-        "num_hidden_layers": 36,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "head_dim": 128,
-        "hidden_act": "silu",
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 1_000_000.0,
-        "tie_word_embeddings": False,
-        "attention_bias": False,
-        "max_position_embeddings": 40_960,
-    }
-    assert {k: config["text_config"][k] for k in text} == text
-    audio = {
-        "model_type": "bagpiper_audio_encoder",
-        "num_mel_bins": 128,
-        "encoder_layers": 32,
-        "encoder_attention_heads": 20,
-        "d_model": 1280,
-        "encoder_ffn_dim": 5120,
-        "output_dim": 2048,
-        "n_window": 100,
-        "n_window_infer": 400,
-        "conv_chunksize": 500,
-        "downsample_hidden_size": 480,
-        "activation_function": "gelu",
-    }
-    assert {k: config["audio_config"][k] for k in audio} == audio
+    text, audio = config.pop("text_config"), config.pop("audio_config")
+    assert config == VLLM_8B | {"text_temperature": cfg.generate.text_temperature, "text_topk": cfg.generate.text_top_k}
+    assert text == VLLM_8B_TEXT
+    assert audio == VLLM_8B_AUDIO
 
 
 @pytest.fixture(scope="module")
 def converted(released, tmp_path_factory):
     """The DeepSpeed-container file converted by from-torch."""
     out, root, _ = released
-    ckpt = tmp_path_factory.mktemp("converted") / "ckpt"
-    assert (
-        main(["from-torch", "--torch", str(out / "base.pt"), "--config", str(root / "cfg.yaml"), "--out", str(ckpt)])
-        == 0
-    )
-    return ckpt
+    return imported(out / "base.pt", root, tmp_path_factory.mktemp("converted") / "ckpt")
 
 
 def test_check_passes_on_a_converted_model(released, converted, capsys):
