@@ -35,21 +35,14 @@ def bench_config(layers: int) -> Config:
 
 def stage(name: str, workdir: Path, layers: int, source: str = "safetensors") -> dict:
     """Runs one stage in this process; returns seconds and peak RSS."""
-    from flax import nnx
-
-    from bagpiper_jax.checkpoint.safetensors_writer import TensorSpec, write_safetensors
+    from bagpiper_jax.checkpoint.safetensors_writer import write_safetensors
     from bagpiper_jax.convert import commands, torch_layout
-    from bagpiper_jax.model.create import abstract_model
 
     cfg = bench_config(layers)
     t0 = time.perf_counter()
     if name == "synthesize":
-        shapes = {
-            ".".join(map(str, p)): (tuple(v.shape), np.dtype(v.dtype))
-            for p, v in nnx.to_flat_state(abstract_model(cfg.model, cfg.runtime)[1])
-        }
-        entries = torch_layout.model_entries(cfg.model)
-        specs = [TensorSpec(e.key, e.torch_shape(shapes[e.path][0]), np.dtype(np.float32)) for e in entries]
+        shapes = torch_layout.model_param_shapes(cfg.model, cfg.runtime)
+        specs = torch_layout.model_specs(torch_layout.model_entries(cfg.model), shapes, np.float32)
         rng = np.random.default_rng(0)
         tensors = ((s.name, rng.standard_normal(s.shape, np.float32)) for s in specs)
         if source == "pt":

@@ -6,7 +6,7 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
-from audio_encoder_testing import TINY, hf_encode, random_features, tiny_hf_encoder
+from audio_encoder_testing import TINY, WINDOWS, hf_encode, random_features, tiny_hf_encoder
 from flax import nnx
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
@@ -50,8 +50,13 @@ def test_config_from_bare_and_full_configs(hf_dir, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
     with pytest.raises(ConfigError, match="thinker_config.audio_config"):
         config_from_hf(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"thinker_config": {"audio_config": {"n_window": 25}}}))
-    with pytest.raises(ConfigError, match="audio_config: audio_encoder.n_window"):
+    fork = {"model_type": "qwen3_omni_moe_audio_encoder", **TINY, "n_window": 100, "n_window_infer": 400}
+    (tmp_path / "config.json").write_text(json.dumps(fork))  # the vLLM fork's window defaults
+    assert config_from_hf(tmp_path) == AudioEncoderConfig(**{**TINY, **WINDOWS["n_window100"]})
+    (tmp_path / "config.json").write_text(
+        json.dumps({"thinker_config": {"audio_config": {"n_window": 100, "n_window_infer": 150}}})
+    )
+    with pytest.raises(ConfigError, match=r"audio_encoder.n_window_infer \(150\) must be at least one chunk"):
         config_from_hf(tmp_path)
 
 

@@ -1,10 +1,11 @@
-"""Audio tower vs a tiny random HF Qwen3OmniMoeAudioEncoder, lengths, sizes, sharding, bf16."""
+"""Audio tower vs a tiny random HF Qwen3OmniMoeAudioEncoder (n_window 50 and 100), lengths,
+sizes, sharding, bf16."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from audio_encoder_testing import hf_encode, random_features, tiny_hf_encoder
+from audio_encoder_testing import WINDOWS, fork_output_lengths, hf_encode, random_features, tiny_hf_encoder
 from flax import nnx
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig, output_lengths
@@ -14,16 +15,18 @@ from bagpiper_jax.convert.hf_audio_encoder import import_hf
 run_tower = nnx.jit(lambda tower, *args: tower(*args))
 
 
-@pytest.fixture(scope="module")
-def hf_model():
-    return tiny_hf_encoder()
+@pytest.fixture(scope="module", params=sorted(WINDOWS))
+def hf_model(request):
+    return tiny_hf_encoder(**WINDOWS[request.param])
 
 
 @pytest.fixture(scope="module")
 def tower(hf_model, tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_hf_encoder")
     hf_model.save_pretrained(directory)
-    return tower_from_params(*import_hf(directory))
+    tower = tower_from_params(*import_hf(directory))
+    assert (tower.config.n_window, tower.config.n_window_infer) == (hf_model.n_window, hf_model.n_window_infer)
+    return tower
 
 
 def _check_against_hf(tower, hf_model, lengths, frames, hf_one_call):
@@ -40,15 +43,17 @@ def _check_against_hf(tower, hf_model, lengths, frames, hf_one_call):
 
 
 def test_matches_hf_on_a_mixed_batch(tower, hf_model):
-    # 250: partial tail chunk; 300: exact multiple of 100; 1030: 134 tokens = 6 windows of 26.
-    _check_against_hf(tower, hf_model, [250, 300, 1030], frames=1200, hf_one_call=True)
+    # 250: partial tail chunk; 3 chunks exactly; 1030: several windows (26 or 50 tokens) and a tail.
+    chunk = tower.config.chunk_frames
+    _check_against_hf(tower, hf_model, [250, 3 * chunk, 1030], frames=1200, hf_one_call=True)
 
 
 def test_short_clips_match_hf_encoding_each_alone(tower, hf_model):
-    # HF pads all chunks of a call to its longest chunk, so a clip under 100 frames gets an
+    # HF pads all chunks of a call to its longest chunk, so a clip under one chunk gets an
     # output that depends on its batch-mates there; ours is always HF's output for the clip
     # alone (see tower.py).
-    _check_against_hf(tower, hf_model, [1, 37, 50, 99, 100], frames=200, hf_one_call=False)
+    chunk = tower.config.chunk_frames
+    _check_against_hf(tower, hf_model, [1, 37, chunk // 2, chunk - 1, chunk], frames=200, hf_one_call=False)
 
 
 def test_output_does_not_depend_on_padding_or_batch_mates(tower):
@@ -64,9 +69,10 @@ def test_output_does_not_depend_on_padding_or_batch_mates(tower):
 
 
 def test_clip_equals_its_windows_encoded_separately(tower):
-    # Windows of 200 frames (26 tokens in the tiny config); the last one has 30 frames, so
-    # it needs the clip's length to match the whole clip.
-    frames, window = 1030, tower.config.window_frames
+    # Windows of 200 / 400 frames (26 / 50 tokens in the tiny configs); the last one has 30
+    # frames, so it needs the clip's length to match the whole clip.
+    window = tower.config.window_frames
+    frames = 1000 // window * window + 30
     features = random_features([frames])
     whole, token_lengths = run_tower(tower, features, np.array([frames]))
     starts = list(range(0, frames, window))
@@ -87,17 +93,40 @@ def test_output_lengths_match_hf_formula():
     import torch
     from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
 
-    frames = [1, 50, 99, 100, 101, 1000, 3000]
+    frames = [1, 50, 99, 100, 101, 199, 200, 201, 1000, 3000]
     expected = _get_feat_extract_output_lengths(torch.tensor(frames)).tolist()
     assert [output_lengths(n) for n in frames] == expected
     assert output_lengths(np.array(frames)).tolist() == expected
     assert output_lengths(3000) == 390  # 13 tokens per second
+    assert fork_output_lengths(torch.tensor(frames)).tolist() == expected  # the fork agrees at n_window 50
+
+
+def test_output_lengths_follow_n_window_100():
+    """200-frame chunks of 25 tokens, as the vLLM fork counts them; HF's own formula (13 per
+    chunk whatever its size) cannot describe this tower (docs/audio_encoder.md)."""
+    import torch
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
+
+    config = AudioEncoderConfig(n_window=100, n_window_infer=400)
+    assert (config.chunk_frames, config.tokens_per_chunk, config.window_tokens, config.window_frames) == (
+        200,
+        25,
+        50,
+        400,
+    )
+    frames = [1, 50, 99, 100, 101, 199, 200, 201, 1000, 3000]
+    expected = fork_output_lengths(torch.tensor(frames), 100).tolist()
+    assert [output_lengths(n, config) for n in frames] == expected
+    assert output_lengths(np.array(frames), config).tolist() == expected
+    assert output_lengths(3000, config) == 375  # 12.5 tokens per second
+    assert _get_feat_extract_output_lengths(torch.tensor(3000), 100).item() == 195  # HF: 13 per 200-frame chunk
 
 
 def test_tower_token_lengths_for_reference_frame_counts(tower):
-    frames = [1, 50, 99, 100, 101, 1000, 3000]
+    frames = [1, 50, 99, 100, 101, 199, 200, 1000, 3000]
     _, token_lengths = run_tower(tower, random_features(frames), np.array(frames))
-    assert token_lengths.tolist() == [output_lengths(n) for n in frames]
+    assert token_lengths.tolist() == [output_lengths(n, tower.config) for n in frames]
+    assert token_lengths.tolist() == fork_output_lengths(np.array(frames), tower.config.n_window).tolist()
 
 
 def test_full_size_parameter_count():

@@ -412,12 +412,16 @@ def test_run_directory_to_torch(setup, tmp_path):
         json.dumps(
             to_dict(
                 dataclasses.replace(
-                    cfg, train=dataclasses.replace(cfg.train, checkpoint_dir=str(tmp_path / "elsewhere"))
+                    cfg,
+                    train=dataclasses.replace(
+                        cfg.train, checkpoint_dir=str(tmp_path / "elsewhere"), init_from=str(root / "ckpt")
+                    ),
                 )
             )
         )
     )
     source = ParamsSource(run)
+    assert source.meta["source"].startswith("hf-qwen3 ")  # the metadata of the model checkpoint it started from
     assert source.step == 7 and ParamsSource(run, 5).step == 5 and ParamsSource(tmp_path / "elsewhere" / "5").step == 5
     with pytest.raises(CheckpointError, match="no step 6; steps: \\[5, 7\\]"):
         ParamsSource(run, 6)

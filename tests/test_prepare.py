@@ -60,3 +60,30 @@ def test_broken_entries_are_reported_and_good_ones_prepared(demo_root, tmp_path)
     (out / "shard-00000.array_record").chmod(0o444)
     assert prepare_manifest(cfg, manifest, out, progress=False)["prepared"] == 2
     assert (out / "index.json").read_text() == before
+
+
+def test_encoder_token_counts_follow_the_towers_n_window(demo_root, tmp_path):
+    """User audio occupies as many frames as the configured tower emits tokens: 13 per
+    100-frame chunk at n_window 50, 25 per 200-frame chunk at the vLLM fork's 100."""
+    import dataclasses
+
+    import jax
+
+    from bagpiper_jax.checkpoint.frozen_modules import load_tower_config, save_tower_params
+    from bagpiper_jax.convert.hf_audio_encoder import abstract_params
+    from bagpiper_jax.data.manifest import Example, Message
+    from bagpiper_jax.data.preparer import Preparer
+
+    base = demo_config(demo_root)
+    tower = dataclasses.replace(load_tower_config(base.assets.audio_encoder), n_window=100, n_window_infer=400)
+    save_tower_params(
+        tmp_path / "tower", tower, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_params(tower))
+    )
+    sf.write(tmp_path / "a.wav", np.sin(np.arange(48000) / 10).astype(np.float32), 16000)  # 3 s: 300 mel frames
+    example = Example("a", "audio_to_text", (Message("user", "audio", str(tmp_path / "a.wav")),))
+    frames = {}
+    for name, overrides in (("50", []), ("100", [f"assets.audio_encoder={tmp_path}/tower", "data.piece_frames=400"])):
+        preparer = Preparer(demo_config(demo_root, *overrides))
+        frames[name] = preparer.prepare([example])[0][0].frames
+        assert preparer.tokens_for(3000) == {"50": 390, "100": 375}[name]
+    assert frames["50"] - frames["100"] == 39 - (25 + 13)

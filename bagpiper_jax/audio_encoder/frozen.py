@@ -8,6 +8,7 @@ own (never donated; no gradient, no optimizer state) and call :meth:`FrozenTower
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax.numpy as jnp
 from flax import nnx
@@ -97,3 +98,8 @@ class FrozenTower:
 def mel_bins(tower: FrozenTower | None) -> int:
     """Mel bins of the pieces a model with (or without) ``tower`` takes."""
     return MEL_BINS_WITHOUT_TOWER if tower is None else tower.mel_bins
+
+
+def tokens_for(tower: FrozenTower | None) -> Callable:
+    """Mel frames -> encoder tokens of ``tower`` (its n_window; Qwen3-Omni's tower without one)."""
+    return (AudioEncoderConfig() if tower is None else tower.config).tokens

@@ -1,29 +1,33 @@
 """The Qwen3-Omni audio tower (HF ``Qwen3OmniMoeAudioEncoder``) in Flax NNX, batched.
 
 A batch of clips of different lengths runs with static shapes: features ``[batch, frames,
-mels]`` (frames padded to a bucket) plus per-clip frame counts. Per clip:
+mels]`` (frames padded to a bucket) plus per-clip frame counts. Per clip, with chunks of
+``config.chunk_frames`` = 2 × n_window mel frames (100 for Qwen3-Omni's n_window 50, 200
+for the vLLM fork's 100) giving ``config.tokens_per_chunk`` tokens (13, 25):
 
-1. split into 100-frame chunks; three Conv2d(3×3, stride 2) + GELU per chunk; flatten
-   channel-major → Linear (no bias) to d_model; add sinusoidal positions 0..12 per chunk;
-2. keep the clip's valid tokens (13 per full chunk + the conv length of the tail) — they
-   form a prefix of the clip's token row, so "dropping padded positions" is a length;
-3. pre-LN layers with bidirectional attention inside windows of 13 × (n_window_infer //
-   100) tokens of the clip (never crossing clips), run as dense attention on
-   ``[windows, window_tokens]`` blocks (only the attention is padded to whole windows);
+1. split into chunks; three Conv2d(3×3, stride 2) + GELU per chunk; flatten channel-major →
+   Linear (no bias) to d_model; add sinusoidal positions that restart in every chunk;
+2. keep the clip's valid tokens (``tokens_per_chunk`` per full chunk + the conv length of
+   the tail) — they form a prefix of the clip's token row, so "dropping padded positions"
+   is a length;
+3. pre-LN layers with bidirectional attention inside windows of ``config.window_tokens``
+   tokens (n_window_infer // chunk_frames chunks) of the clip (never crossing clips), run
+   as dense attention on ``[windows, window_tokens]`` blocks (only the attention is padded
+   to whole windows);
 4. LayerNorm → Linear → GELU → Linear to output_dim.
 
-Nothing crosses an attention window (``config.window_frames`` = 800 frames), so a clip's
-output is the concatenation of its windows' outputs encoded as separate rows, given each
-row's whole-clip length (``clip_lengths``, see below): callers may batch windows of
-different clips as rows to cut padding.
+Nothing crosses an attention window (``config.window_frames`` mel frames: 800 for 50 / 800,
+400 for 100 / 400), so a clip's output is the concatenation of its windows' outputs encoded
+as separate rows, given each row's whole-clip length (``clip_lengths``, see below): callers
+may batch windows of different clips as rows to cut padding.
 
 Each clip gives exactly what HF gives for that clip encoded on its own. HF pads all chunks
-of a call to its longest chunk, which changes the last tokens of a clip shorter than 100
-frames (its 2nd and 3rd convs read activations computed from that padding where, alone,
-they read their own zero padding), so in a call mixing such
-a clip with longer ones HF's output depends on the batch-mates; ours never does. For the
-same reason a row that is a window of a longer clip needs that clip's length in
-``clip_lengths`` when the row itself is shorter than 100 frames.
+of a call to its longest chunk, which changes the last tokens of a clip shorter than one
+chunk (its 2nd and 3rd convs read activations computed from that padding where, alone,
+they read their own zero padding), so in a call mixing such a clip with longer ones HF's
+output depends on the batch-mates; ours never does. For the same reason a row that is a
+window of a longer clip needs that clip's length in ``clip_lengths`` when the row itself
+is shorter than one chunk.
 """
 
 from __future__ import annotations
@@ -90,22 +94,22 @@ class AudioTower(nnx.Module):
         """Conv front end.
 
         Args:
-          features: float ``[batch, chunks * 100, mels]``; lengths, clip_lengths: int32
-            ``[batch]`` frames of the row and of the clip it belongs to.
+          features: float ``[batch, chunks * chunk_frames, mels]``; lengths, clip_lengths:
+            int32 ``[batch]`` frames of the row and of the clip it belongs to.
         Returns:
-          ``[batch, chunks * 13, d_model]`` token embeddings with per-chunk positions.
+          ``[batch, chunks * tokens_per_chunk, d_model]`` token embeddings with per-chunk positions.
         """
         cfg = self.config
         batch, frames, mels = features.shape
         chunks = frames // cfg.chunk_frames
         x = _keep_first(features, lengths).reshape(batch * chunks, cfg.chunk_frames, mels, 1)
-        # HF pads a clip's chunks to its longest chunk (100 frames, or the whole clip when it
+        # HF pads a clip's chunks to its longest chunk (one chunk, or the whole clip when it
         # is shorter); conv activations past that extent are the next conv's zero padding.
         extent = jnp.repeat(jnp.minimum(clip_lengths, cfg.chunk_frames), chunks)
         for conv in (self.conv2d1, self.conv2d2):
             extent = (extent + 1) // 2
             x = _keep_first(gelu(conv(x)), extent)
-        x = gelu(self.conv2d3(x))  # [batch * chunks, 13 (time), freq, channels]
+        x = gelu(self.conv2d3(x))  # [batch * chunks, tokens_per_chunk (time), freq, channels]
         x = x.transpose(0, 1, 3, 2).reshape(batch * chunks, cfg.tokens_per_chunk, -1)  # channel-major
         x = self.conv_out(x) + sinusoid_positions(cfg.tokens_per_chunk, cfg.d_model).astype(self.dtype)
         return x.reshape(batch, chunks * cfg.tokens_per_chunk, cfg.d_model)
@@ -121,7 +125,7 @@ class AudioTower(nnx.Module):
           clip_lengths: int ``[batch]`` frames of the whole clip a row is a window of
             (default ``lengths``: every row is a whole clip).
         Returns:
-          outputs: ``[batch, 13 * ceil(frames / 100), output_dim]`` in the compute dtype, zero
+          outputs: ``[batch, tokens_per_chunk * ceil(frames / chunk_frames), output_dim]`` in the compute dtype, zero
           past each clip's tokens; token_lengths: int32 ``[batch]`` (docs/audio_encoder.md formula).
         """
         cfg = self.config
@@ -174,7 +178,7 @@ def encode(
 def bucket_frames(frames: int, step: int = 800) -> int:
     """Static frame count for a batch whose longest clip has ``frames`` frames: rounded up
     to a multiple of ``step`` (800 frames = 8 s) to bound recompiles. Any frame count
-    works; multiples of 100 waste no conv work."""
+    works; multiples of the chunk (100 or 200 frames) waste no conv work."""
     return max(1, -(-frames // step)) * step
 
 

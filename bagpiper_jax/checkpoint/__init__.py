@@ -1,8 +1,8 @@
 """The checkpoint and I/O layer: every on-disk format of weights this library reads or writes.
 
 - :mod:`~.errors`: :class:`CheckpointError`;
-- :mod:`~.tensor_reader` / :mod:`~.safetensors_writer`: streaming tensor files (safetensors,
-  torch pickles read weights-only);
+- :mod:`~.tensor_reader` / :mod:`~.safetensors_writer` / :mod:`~.torch_writer`: streaming
+  tensor files (safetensors; torch pickles read weights-only and written record by record);
 - :mod:`~.lazy_save`: Orbax checkpoints written one param (chunk) at a time;
 - :mod:`~.params_dir`: the params-directory format of converted weights;
 - :mod:`~.frozen_modules`: the codec and audio tower params directories;

@@ -65,11 +65,18 @@ def load_frozen_modules(codec_dir: str | Path | None, encoder_dir: str | Path | 
 
 
 def save_model_checkpoint(
-    directory: str | Path, cfg: Config, params: nnx.State, modules: FrozenModules, source: str, step: int = 0
+    directory: str | Path,
+    cfg: Config,
+    params: nnx.State,
+    modules: FrozenModules,
+    source: str,
+    step: int = 0,
+    **meta,
 ) -> Path:
     """Writes a model checkpoint: ``params`` (the sharded transformer state; leaves may be
-    ``lazy_save.LazyArray`` s, each built only when it is written), the resolved ``cfg``
-    and the frozen modules present in ``modules``."""
+    ``lazy_save.LazyArray`` s, each built only when it is written), the resolved ``cfg``,
+    the frozen modules present in ``modules`` and further metadata ``meta`` (JSON values,
+    e.g. the ``vocab_weight`` an ESPnet file came with)."""
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     save_pytree(directory / "params", params)  # the layout of StandardSave, one param at a time
@@ -77,7 +84,7 @@ def save_model_checkpoint(
         save_codec(directory / "codec", *modules.codec)
     if modules.audio_encoder is not None:
         save_tower_params(directory / "audio_encoder", *modules.audio_encoder)
-    return write_info(directory, KIND, to_dict(cfg), step=step, source=source)
+    return write_info(directory, KIND, to_dict(cfg), step=step, source=source, **meta)
 
 
 def is_model_checkpoint(directory: str | Path) -> bool:
@@ -116,16 +123,22 @@ class ParamsSource:
       params: dotted param path -> (shape, stored dtype).
       codec_dir / encoder_dir: frozen module params directories to export with it (None:
         absent): a model checkpoint's own, or those the run's config names.
+      meta: the metadata of the model checkpoint the params come from (``config.json``
+        beyond format, kind and config): a model checkpoint's own; for a run, that of the
+        model checkpoint its ``train.init_from`` names, when it is one and still there (the
+        weights it started from), else empty.
     """
 
     def __init__(self, path: str | Path, step: int | None = None):
         path = Path(path).absolute()
+        self.path = path
         if not path.exists():
             raise CheckpointError(f"checkpoint {path} does not exist")
         if is_model_checkpoint(path):
             if step is not None:
                 raise CheckpointError(f"--step applies to run directories; {path} is a model checkpoint")
             info = read_info(path, KIND)
+            self.meta = info.meta
             self.config, self.step = self._config(info.config, path), int(info.meta.get("step", 0))
             self._item, self._prefix = path / "params", ()
             self.codec_dir = path / "codec" if (path / "codec").is_dir() else None
@@ -148,6 +161,8 @@ class ParamsSource:
                 f"a run directory (holding {RUN_CONFIG}) nor one step of a run (state/, meta/)"
             )
         self._item, self._prefix = step_dir / "state", ("params",)
+        init = self.config.train.init_from
+        self.meta = read_info(init, KIND).meta if init and is_model_checkpoint(init) else {}
         self.codec_dir = self._configured_dir(self.config.assets.codec, "assets.codec", path)
         self.encoder_dir = self._configured_dir(self.config.assets.audio_encoder, "assets.audio_encoder", path)
         self._read_metadata()

@@ -109,7 +109,7 @@ def write_safetensors(
         with open(path, "wb") as f:
             f.write(_header(shard, metadata))
             for spec in shard:
-                _write_tensor(f, spec, next(source, None))
+                write_tensor(f, spec, next(source, None))
                 progress(spec.nbytes)
         files.append(path)
     if next(source, None) is not None:
@@ -123,9 +123,10 @@ def write_safetensors(
     return files
 
 
-def _write_tensor(f, spec: TensorSpec, item: tuple[str, np.ndarray] | None, block_bytes: int = 64 << 20) -> None:
-    """Writes one tensor in blocks of leading-axis rows, each made contiguous and cast to the
-    planned dtype on its own, so a transposed view is never copied whole."""
+def write_tensor(f, spec: TensorSpec, item: tuple[str, np.ndarray] | None, block_bytes: int = 64 << 20) -> None:
+    """Writes one tensor to ``f`` (anything with ``write``) in blocks of leading-axis rows,
+    each made contiguous and cast to the planned dtype on its own, so a transposed view is
+    never copied whole. ``item`` is the produced ``(name, array)``, checked against ``spec``."""
     if item is None:
         raise CheckpointError(f"tensor {spec.name!r} was planned but never produced")
     name, array = item

@@ -2,7 +2,10 @@
 
 Supports a single ``model.safetensors``, sharded safetensors with
 ``model.safetensors.index.json``, any other ``*.safetensors`` files, and ``*.bin`` /
-``*.pt`` files loaded with ``torch.load(weights_only=True)`` (never arbitrary pickles).
+``*.pt`` files loaded with ``torch.load(weights_only=True)`` (never arbitrary pickles: a
+pickle that would run code is refused before anything in it runs) holding a state dict or
+DeepSpeed's ``{"module": state_dict}`` (ESPnet's released checkpoints; other top-level
+entries of a DeepSpeed file are ignored).
 Safetensors files are parsed directly (header + memory map, no torch needed) and read one
 tensor at a time, so a checkpoint never has to fit in host RAM. Torch files in the zip
 format (``torch.save``'s default since 1.6) are loaded with ``mmap=True``, so their tensors
@@ -31,6 +34,8 @@ import ml_dtypes
 import numpy as np
 
 from bagpiper_jax.checkpoint.errors import CheckpointError
+
+DEEPSPEED_KEY = "module"  # DeepSpeed's model-states container: {"module": state_dict, ...}
 
 
 class TensorReader:
@@ -101,9 +106,17 @@ class TensorReader:
             try:
                 state = _torch().load(str(f), map_location="cpu", weights_only=True, mmap=mmap)
             except Exception as e:  # torch raises several types for bad/unsafe pickles
-                raise CheckpointError(f"cannot load {f} as a weights-only torch file: {e}") from e
+                raise CheckpointError(
+                    f"cannot load {f} as a weights-only torch file (nothing in it was run): {_reason(e)}"
+                ) from e
             if not isinstance(state, dict):
                 raise CheckpointError(f"{f} does not hold a state dict (got {type(state).__name__})")
+            if isinstance(state.get(DEEPSPEED_KEY), dict):  # DeepSpeed's {"module": state dict}
+                state = state[DEEPSPEED_KEY]
+            torch = _torch()
+            other = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+            if other:
+                raise CheckpointError(f"{f} holds entries that are not tensors: {other[:5]}")
             self._torch_cache[f] = state
             if mmap:
                 self._torch_mmap.add(f)
@@ -223,6 +236,13 @@ def _libc():
         return libc if sys.platform.startswith("linux") else None
     except (OSError, AttributeError):
         return None
+
+
+def _reason(error: Exception) -> str:
+    """One line of torch's (multi-line) load error: the line naming what was refused
+    (e.g. a global a weights-only load does not allow), else the first."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0])
 
 
 def _torch():

@@ -9,7 +9,7 @@ from pathlib import Path
 from bagpiper_jax.audio_encoder.tower import parameter_count
 from bagpiper_jax.checkpoint.frozen_modules import load_tower_config
 from bagpiper_jax.cli.command import add_common_flags, run
-from bagpiper_jax.convert import commands
+from bagpiper_jax.convert import commands, espnet
 
 
 def _wrote(written) -> int:
@@ -22,6 +22,35 @@ def _hf_audio_encoder(args: argparse.Namespace) -> int:
     out = commands.convert_hf_audio_encoder(args.hf, args.out)
     config = load_tower_config(out)
     print(f"wrote audio tower ({parameter_count(config):,} parameters, {config.encoder_layers} layers) to {out}")
+    return 0
+
+
+def _to_torch(a: argparse.Namespace) -> int:
+    return _wrote(
+        commands.to_torch(
+            a.checkpoint,
+            a.out,
+            a.step,
+            a.dtype,
+            a.max_shard_size,
+            a.hf_text_only,
+            fmt=a.format,
+            container=a.container,
+            vocab_weight=a.vocab_weight,
+            tokenizer=a.tokenizer,
+        )
+    )
+
+
+def _check(a: argparse.Namespace) -> int:
+    """Compares the logits of a checkpoint (model checkpoint or run) with an independent
+    PyTorch forward (transformers Qwen3ForCausalLM plus the multi-stream embedding, adaptor
+    and stream heads) of reference-layout weights on one packed row of text, delay-interleaved
+    audio frames and continuous features; prints max |Δlogit| and the KL divergence per
+    stream and fails above --max-kl."""
+    from bagpiper_jax.convert import logit_check  # needs torch and transformers (the convert extra)
+
+    logit_check.check(a.checkpoint, a.torch, a.step, a.dtype, a.max_kl)
     return 0
 
 
@@ -53,13 +82,29 @@ def _register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "to-torch",
-        help="Bagpiper checkpoint -> PyTorch reference layout (safetensors)",
+        help="Bagpiper checkpoint -> PyTorch: reference layout (safetensors), ESPnet .pt or vLLM directory",
         description=commands.to_torch.__doc__,
     )
     p.add_argument("--checkpoint", required=True, help="model checkpoint, or run directory (holding checkpoints/)")
     p.add_argument("--step", type=int, help="step of a run directory (default: the latest)")
-    p.add_argument("--out", required=True, help="FILE.safetensors, or a directory (sharded above --max-shard-size)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="output dtype (default: as stored)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="safetensors: FILE.safetensors or a directory (sharded above --max-shard-size); "
+        "espnet: FILE.pt; vllm: a directory",
+    )
+    p.add_argument(
+        "--format",
+        choices=commands.FORMATS,
+        default="safetensors",
+        help="safetensors: the reference layout; espnet: a .pt the reference's strict loader accepts "
+        "(with vocab_weight); vllm: the vLLM fork's serving directory (default: safetensors)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        help="output dtype (default: as stored for safetensors, bfloat16 for espnet and vllm)",
+    )
     default_shard = commands.DEFAULT_MAX_SHARD_SIZE
     p.add_argument(
         "--max-shard-size",
@@ -70,11 +115,43 @@ def _register(subparsers) -> None:
     p.add_argument(
         "--hf-text-only",
         action="store_true",
-        help="write a plain HF Qwen3 directory: the backbone with the text rows only",
+        help="safetensors only: write a plain HF Qwen3 directory, the backbone with the text rows only",
     )
-    p.set_defaults(
-        body=lambda a: _wrote(commands.to_torch(a.checkpoint, a.out, a.step, a.dtype, a.max_shard_size, a.hf_text_only))
+    p.add_argument(
+        "--container",
+        choices=espnet.CONTAINERS,
+        default="plain",
+        help='espnet only: the plain state dict (model.pt) or DeepSpeed\'s {"module": state dict} (default: plain)',
     )
+    p.add_argument(
+        "--vocab-weight",
+        choices=espnet.VOCAB_WEIGHTS,
+        help="espnet only: the vocab_weight written: recipe (1, and 1/num_streams for codec ids) or ones "
+        "(older reference code); default: the one the checkpoint came with, else recipe",
+    )
+    p.add_argument(
+        "--tokenizer",
+        help="vllm only: directory of the served Bagpiper tokenizer's files (default: assets.tokenizer's directory)",
+    )
+    p.set_defaults(body=_to_torch)
+
+    p = subparsers.add_parser(
+        "check",
+        help="compare a checkpoint's logits with an independent PyTorch forward of torch weights",
+        description=_check.__doc__,
+    )
+    p.add_argument("--checkpoint", required=True, help="model checkpoint, or run directory (holding checkpoints/)")
+    p.add_argument("--step", type=int, help="step of a run directory (default: the latest)")
+    p.add_argument("--torch", required=True, help="reference-layout weights: a .pt or safetensors file/directory")
+    p.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="params and compute of both sides"
+    )
+    p.add_argument(
+        "--max-kl",
+        type=float,
+        help="largest KL divergence accepted on any stream (default: 1e-4 in float32, 2e-2 in bfloat16)",
+    )
+    p.set_defaults(body=_check)
 
     p = subparsers.add_parser(
         "from-torch",

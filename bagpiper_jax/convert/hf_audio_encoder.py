@@ -109,14 +109,39 @@ def _to_hf(kind: str, name: str, array: np.ndarray, in_rank: int) -> np.ndarray:
     return array.reshape(-1)
 
 
-def _entries(config: AudioEncoderConfig, shapes: dict) -> Iterator[tuple]:
-    """(our module path, HF module names (one per stacked layer or one), kind, in_rank, our
-    param dict of shapes) for every module holding parameters."""
-    for ours, hf, kind, in_rank in _TOP_MODULES:
-        yield (ours,), [hf], kind, in_rank, shapes[ours]
-    for ours, hf, kind, in_rank in _LAYER_MODULES:
-        names = [f"layers.{i}.{hf}" for i in range(config.encoder_layers)]
-        yield ("layers", ours), names, kind, in_rank, shapes["layers"][ours]
+def _entries(config: AudioEncoderConfig) -> Iterator[tuple]:
+    """(our param path, its HF tensor names (one per stacked layer, or one), kind, in_rank,
+    our shape) for every parameter, in a fixed order."""
+    shapes = abstract_params(config)
+    modules = [((ours,), [hf], kind, in_rank, shapes[ours]) for ours, hf, kind, in_rank in _TOP_MODULES]
+    modules += [
+        (
+            ("layers", ours),
+            [f"layers.{i}.{hf}" for i in range(config.encoder_layers)],
+            kind,
+            in_rank,
+            shapes["layers"][ours],
+        )
+        for ours, hf, kind, in_rank in _LAYER_MODULES
+    ]
+    for path, hf_modules, kind, in_rank, params in modules:
+        for name, spec in params.items():
+            yield path + (name,), [f"{m}.{_HF_PARAM_NAME[name]}" for m in hf_modules], kind, in_rank, tuple(spec.shape)
+
+
+def _one(path: tuple, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of one HF tensor's worth of our param (one layer of a stacked one)."""
+    return shape[1:] if path[0] == "layers" else shape
+
+
+def hf_shapes(config: AudioEncoderConfig, prefix: str = "") -> list[tuple[str, tuple[int, ...]]]:
+    """``(prefix + HF name, shape)`` of every tower tensor, in :func:`iter_hf_tensors` order,
+    from the config alone."""
+    return [
+        (prefix + name, _hf_shape(kind, path[-1], _one(path, shape), in_rank))
+        for path, names, kind, in_rank, shape in _entries(config)
+        for name in names
+    ]
 
 
 def from_hf_tensors(config: AudioEncoderConfig, get: Callable[[str], np.ndarray]) -> dict:
@@ -126,27 +151,23 @@ def from_hf_tensors(config: AudioEncoderConfig, get: Callable[[str], np.ndarray]
       get: returns the HF tensor of a name relative to the tower (``conv2d1.weight``);
         raises when it is missing.
     """
-    shapes = abstract_params(config)
     params: dict = {}
-    for path, hf_modules, kind, in_rank, param_shapes in _entries(config, shapes):
+    for path, hf_names, kind, in_rank, shape in _entries(config):
+        one = _one(path, shape)
+        expected = _hf_shape(kind, path[-1], one, in_rank)
+        arrays = []
+        for hf_name in hf_names:
+            tensor = np.asarray(get(hf_name), np.float32)
+            if tensor.shape != expected:
+                raise CheckpointError(
+                    f"tensor {hf_name!r} has shape {tuple(tensor.shape)}, the config "
+                    f"needs {expected} (for {'.'.join(path)})"
+                )
+            arrays.append(_to_ours(kind, path[-1], tensor, one))
         node = params
-        for key in path:
+        for key in path[:-1]:
             node = node.setdefault(key, {})
-        stacked = path[0] == "layers"
-        for name, spec in param_shapes.items():
-            shape = spec.shape[1:] if stacked else spec.shape
-            expected = _hf_shape(kind, name, shape, in_rank)
-            arrays = []
-            for module in hf_modules:
-                hf_name = f"{module}.{_HF_PARAM_NAME[name]}"
-                tensor = np.asarray(get(hf_name), np.float32)
-                if tensor.shape != expected:
-                    raise CheckpointError(
-                        f"tensor {hf_name!r} has shape {tuple(tensor.shape)}, the config "
-                        f"needs {expected} (for {'.'.join(path)}.{name})"
-                    )
-                arrays.append(_to_ours(kind, name, tensor, shape))
-            node[name] = np.stack(arrays) if stacked else arrays[0]
+        node[path[-1]] = np.stack(arrays) if path[0] == "layers" else arrays[0]
     return params
 
 
@@ -158,15 +179,14 @@ def iter_hf_tensors(
     ``dtype`` should be the source checkpoint's dtype (e.g. ``ml_dtypes.bfloat16``) for a
     bit-exact round trip.
     """
-    for path, hf_modules, kind, in_rank, _ in _entries(config, abstract_params(config)):
-        node = params
+    for path, hf_names, kind, in_rank, _ in _entries(config):
+        value = params
         for key in path:
-            node = node[key]
-        for name, value in node.items():
-            value = np.asarray(jax.device_get(value))
-            slices = list(value) if path[0] == "layers" else [value]
-            for module, array in zip(hf_modules, slices):
-                yield f"{prefix}{module}.{_HF_PARAM_NAME[name]}", _to_hf(kind, name, array, in_rank).astype(dtype)
+            value = value[key]
+        value = np.asarray(jax.device_get(value))
+        slices = list(value) if path[0] == "layers" else [value]
+        for name, array in zip(hf_names, slices):
+            yield f"{prefix}{name}", _to_hf(kind, path[-1], array, in_rank).astype(dtype)
 
 
 def open_hf_tower(hf_dir: str | Path) -> tuple[AudioEncoderConfig, TensorReader]:

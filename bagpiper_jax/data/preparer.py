@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bagpiper_jax.audio_encoder.config import output_lengths
+from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
 from bagpiper_jax.audio_encoder.features import log_mel
 from bagpiper_jax.audio_io import AudioError, load_audio
-from bagpiper_jax.checkpoint.frozen_modules import load_codec
+from bagpiper_jax.checkpoint.frozen_modules import load_codec, load_tower_config
 from bagpiper_jax.codec.tokenizer import XCodecTokenizer
 from bagpiper_jax.config import Config, ConfigError
 from bagpiper_jax.data.manifest import Example
@@ -55,6 +55,9 @@ class Preparer:
                 f"model.codebook_size is {cfg.model.codebook_size}"
             )
         self.max_samples = int(cfg.data.max_audio_seconds * 16_000)
+        # mel frames -> encoder tokens of the configured tower (its n_window), as the pipeline counts them
+        tower = load_tower_config(cfg.assets.audio_encoder) if cfg.assets.audio_encoder else AudioEncoderConfig()
+        self.tokens_for = tower.tokens
 
     def _mel(self, wav: np.ndarray) -> np.ndarray:
         wav = wav[: self.max_samples]
@@ -98,7 +101,7 @@ class Preparer:
         out = []
         for ex, messages in staged:
             prepared = PreparedExample(ex.id, ex.task, 0, tuple(messages))
-            frames = example_frames(prepared, self.vocab, output_lengths)
+            frames = example_frames(prepared, self.vocab, self.tokens_for)
             text_only = all(m.kind == "text" for m in messages)
             if frames > self.cfg.data.row_frames and not text_only:
                 skipped.append((ex.id, "over-long", f"{frames} frames > data.row_frames={self.cfg.data.row_frames}"))

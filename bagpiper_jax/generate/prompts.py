@@ -16,7 +16,6 @@ import dataclasses
 
 import numpy as np
 
-from bagpiper_jax.audio_encoder.config import output_lengths
 from bagpiper_jax.audio_encoder.pieces import MelPieces
 from bagpiper_jax.data.manifest import Example, Message
 from bagpiper_jax.data.preparer import Preparer
@@ -56,7 +55,7 @@ def templated_prompt(preparer: Preparer, messages, mel_bins: int, name: str = "p
     out = template(
         prepared[0],
         preparer.vocab,
-        output_lengths,
+        preparer.tokens_for,
         piece_frames=data.piece_frames,
         mel_bins=mel_bins,
         text_token0_as_pad=data.text_token0_as_pad,

@@ -26,8 +26,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from bagpiper_jax.audio_encoder.config import output_lengths
-from bagpiper_jax.audio_encoder.frozen import FrozenTower, mel_bins
+from bagpiper_jax.audio_encoder.frozen import FrozenTower, mel_bins, tokens_for
 from bagpiper_jax.checkpoint.frozen_modules import load_frozen_tower
 from bagpiper_jax.checkpoint.model_checkpoint import load_init_params
 from bagpiper_jax.checkpoint.run import RunCheckpoints, checkpoint_directory
@@ -77,7 +76,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
     data = build_input(
         cfg.data,
         vocab,
-        output_lengths,
+        tokens_for(tower),
         mel_bins(tower),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -173,7 +172,7 @@ def evaluate(cfg: Config, eval_step, params, tower: FrozenTower | None, vocab: V
     data = build_input(
         data_cfg,
         vocab,
-        output_lengths,
+        tokens_for(tower),
         mel_bins(tower),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
