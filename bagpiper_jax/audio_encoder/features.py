@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 SAMPLE_RATE = 16_000
 N_FFT = 400
@@ -43,6 +44,11 @@ def mel_filters(n_mels: int = 128) -> np.ndarray:
         dtype=np.float64,
     )
     return np.ascontiguousarray(bank.T, dtype=np.float32)
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 def _periodic_hann() -> np.ndarray:
@@ -80,7 +86,11 @@ def log_mel(wav: np.ndarray, n_mels: int = 128, normalize: bool = True) -> np.nd
     windows = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:frames] * _periodic_hann()
     spectrum = np.fft.rfft(windows, axis=-1)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
-    log_spec = np.log10(np.maximum(power @ mel_filters(n_mels), np.float32(LOG_FLOOR)))
+    # One BLAS thread: features are computed in data workers, one per core; BLAS threads on
+    # top of them stall on these small matrices (20x slower on a busy 2-core host).
+    with _blas().limit(limits=1, user_api="blas"):
+        mel = power @ mel_filters(n_mels)
+    log_spec = np.log10(np.maximum(mel, np.float32(LOG_FLOOR)))
     if frames:
         log_spec = np.maximum(log_spec, log_spec.max() - np.float32(DYNAMIC_RANGE))
     return ((log_spec + 4.0) / 4.0).astype(np.float32)
