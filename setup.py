@@ -30,6 +30,7 @@ setup(
         "numpy>=2.0",
         "pyyaml>=6.0",
         "tqdm>=4.66",
+        "threadpoolctl>=3.1",
     ],
     extras_require={
         # torch's CPU wheel 2.13.0 is what CI installs (constraints.txt); transformers only

@@ -207,11 +207,31 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    """One source of a training mixture: a prepared directory drawn with ``weight``."""
+
+    name: str = ""
+    prepared: str = ""  # bagpiper-prepare --out
+    weight: float = 1.0  # relative share of the source's examples in the mixture
+    eval_prepared: str = ""  # held-out prepared directory ("" = the first batches of `prepared`)
+
+    def __post_init__(self):
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"data.sources: name must be a non-empty word ([A-Za-z0-9_-]), got {self.name!r}")
+        if not self.prepared:
+            raise ConfigError(f"data.sources[{self.name}].prepared must name a prepared directory")
+        if not self.weight > 0:
+            raise ConfigError(f"data.sources[{self.name}].weight must be positive, got {self.weight}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Prepared corpus and the Grain training input (docs/data.md)."""
 
     prepared: str = ""  # directory of ArrayRecord shards + index.json (bagpiper-prepare --out)
     eval_prepared: str = ""  # held-out prepared directory for eval ("" = the first batches of `prepared`)
+    # A weighted mixture of prepared directories instead of `prepared` (docs/data.md, Mixtures).
+    sources: tuple[SourceConfig, ...] = ()
     demo: bool = False  # build the embedded demo corpus (and its assets) into these paths when missing
     row_frames: int = 8192  # frames per packed row
     batch_rows: int = 8  # packed rows per global batch
@@ -234,7 +254,8 @@ class DataConfig:
     workers: int = 0  # Grain worker processes (0 = in the main process)
     read_threads: int = 0  # reader threads per process (0 = inline: best for local shards; raise for remote)
     prefetch_buffer: int = 2
-    examples_per_shard: int = 512  # bagpiper-prepare
+    examples_per_shard: int = 512  # bagpiper-prepare: records per shard
+    manifest_chunk_bytes: int = 64 << 20  # bagpiper-prepare: manifest bytes per work unit
     max_audio_seconds: float = 300.0
 
     def __post_init__(self):
@@ -257,8 +278,21 @@ class DataConfig:
                 "piece_frames",
                 "packing_bins",
                 "examples_per_shard",
+                "manifest_chunk_bytes",
             ),
         )
+        if self.sources and (self.prepared or self.eval_prepared):
+            raise ConfigError("give data.sources or data.prepared / data.eval_prepared, not both")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.sources names must be unique, got {names}")
+
+    @property
+    def mixture(self) -> tuple[SourceConfig, ...]:
+        """The sources drawn from: ``sources``, or ``prepared`` as the one source "main"."""
+        if self.sources:
+            return self.sources
+        return (SourceConfig("main", self.prepared, 1.0, self.eval_prepared),) if self.prepared else ()
 
 
 @dataclasses.dataclass(frozen=True)

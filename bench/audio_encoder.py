@@ -2,8 +2,8 @@
 
 Full Qwen3-Omni tower config (output_dim 2048) with HF's random init, the same weights on
 both sides. A batch of clips of different lengths (the longest ``--seconds``, the others
-shorter) goes through waveform → log-mel → tower: ours as one jitted function on the
-bucketed batch, HF as ``WhisperFeatureExtractor(feature_size=128)`` + the
+shorter) goes through waveform → log-mel → tower: ours as numpy log-mel per clip (as in the
+data pipeline) then the jitted tower on the bucketed batch, HF as ``WhisperFeatureExtractor(feature_size=128)`` + the
 ``Qwen3OmniMoeAudioEncoder`` forward. Prints one JSON line with mel frames per second
 for each side (best of ``--repeats`` after a warm-up) and ours / HF (> 1: ours faster).
 Both sides run on the default JAX device / the matching torch device (CUDA when JAX runs
@@ -57,9 +57,6 @@ extractor = WhisperFeatureExtractor(feature_size=128)
 samples = [int(args.seconds * 16_000 * (1 - 0.5 * i / max(args.batch - 1, 1))) for i in range(args.batch)]
 clips = [(0.1 * np.random.default_rng(i).standard_normal(n)).astype(np.float32) for i, n in enumerate(samples)]
 frames = bucket_frames(max(samples) // HOP, step=config.chunk_frames)
-waveforms = np.zeros((args.batch, frames * HOP), np.float32)
-for i, clip in enumerate(clips):
-    waveforms[i, : len(clip)] = clip
 lengths = np.array(samples, np.int32)
 total_frames = int(sum(n // HOP for n in samples))
 
@@ -68,13 +65,16 @@ graphdef, params_state = nnx.split(tower)
 
 
 @jax.jit
-def ours_fn(params_state, waveforms, lengths):
-    features, frame_lengths = log_mel(waveforms, lengths)
+def tower_fn(params_state, features, frame_lengths):
     return nnx.merge(graphdef, params_state)(features, frame_lengths)
 
 
 def ours():
-    outputs, _ = ours_fn(params_state, waveforms, lengths)
+    """Host log-mel per clip (numpy, as the data pipeline computes it), then the jitted tower."""
+    features = np.zeros((args.batch, frames, 128), np.float32)
+    for i, clip in enumerate(clips):
+        features[i, : len(clip) // HOP] = log_mel(clip)
+    outputs, _ = tower_fn(params_state, features, lengths // HOP)
     return outputs.block_until_ready()
 
 

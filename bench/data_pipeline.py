@@ -1,7 +1,10 @@
 """Packed frames per second delivered by the Grain pipeline, and packing efficiency; one JSON line.
 
-Reads prepared shards (default: the demo corpus, built if missing) and times full batches
-of rows of ``--row-frames`` frames with ``--workers`` worker processes.
+Reads prepared shards (default: the demo corpus, built if missing) as a two-source mixture
+(the training shards with weight 3, the held-out shards with weight 1; ``--one-source``:
+the training shards alone) and times full batches of rows of ``--row-frames`` frames with
+``--workers`` worker processes. User audio is stored as FLAC, so the workers decode it and
+compute its log-mel.
 
     python bench/data_pipeline.py --config configs/demo.yaml --row-frames 8192 --workers 2
 
@@ -11,13 +14,14 @@ of cores the run actually got.
 """
 
 import argparse
+import dataclasses
 import json
 import time
 
 import numpy as np
 
 from bagpiper_jax.audio_encoder.config import output_lengths
-from bagpiper_jax.config import load_config
+from bagpiper_jax.config import SourceConfig, load_config
 from bagpiper_jax.data.demo import ensure_demo_prepared
 from bagpiper_jax.data.pipeline import build_pipeline, packing_efficiency
 from bagpiper_jax.vocab import Vocab
@@ -49,6 +53,7 @@ def main():  # Grain workers re-import __main__: nothing may run at import time
     p.add_argument("--pieces", type=int, default=128, help="continuous-audio pieces per row (scale with the row)")
     p.add_argument("--mel-frames", type=int, default=16384, help="log-mel frames per row (scale with the row)")
     p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--one-source", action="store_true", help="data.prepared alone instead of the mixture")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
     cfg = load_config(
@@ -63,7 +68,11 @@ def main():  # Grain workers re-import __main__: nothing may run at import time
         ],
     )
     ensure_demo_prepared(cfg)
-    pipe = build_pipeline(cfg.data, Vocab.from_config(cfg.model), output_lengths, 128)
+    data = cfg.data
+    if not a.one_source:
+        sources = (SourceConfig("train", data.prepared, 3.0), SourceConfig("held", data.eval_prepared, 1.0))
+        data = dataclasses.replace(data, prepared="", eval_prepared="", sources=sources)
+    pipe = build_pipeline(data, Vocab.from_config(cfg.model), output_lengths, 128)
     it = iter(pipe)
     next(it)  # start-up (worker spawn, first fill) is not throughput
     cpu0 = cpu_seconds()
@@ -88,7 +97,7 @@ def main():  # Grain workers re-import __main__: nothing may run at import time
                 "frames_per_s": round(frames / dt, 1),
                 "nonpad_frames_per_s": round(frames * float(np.mean(efficiency)) / dt, 1),
                 "packing_efficiency": round(float(np.mean(efficiency)), 4),
-                "records": pipe.report["kept"],
+                "sources": {name: report["kept"] for name, report in pipe.report.items()},
                 "frames_per_cpu_s": round(frames / cpu, 1) if cpu else None,
                 "cpu_cores": round(cpu / dt, 2) if cpu else None,
             }

@@ -1,9 +1,10 @@
-"""Log-mel features vs HF WhisperFeatureExtractor(feature_size=128), padding and truncation."""
+"""Log-mel features vs HF WhisperFeatureExtractor(feature_size=128) and a float64 librosa
+reference, normalisation and truncation."""
 
 import numpy as np
 import pytest
 
-from bagpiper_jax.audio_encoder.features import MAX_SAMPLES, log_mel, normalize_waveforms
+from bagpiper_jax.audio_encoder.features import MAX_SAMPLES, log_mel, normalize_waveform
 
 LENGTHS = [201, 1600, 16_037, 48_159]  # shortest reflect-paddable clip, 0.1 s, ~1 s, ~3 s
 
@@ -24,29 +25,18 @@ def _clips(seed=3):
     return clips
 
 
-def _batch(clips):
-    batch = np.zeros((len(clips), max(len(c) for c in clips)), np.float32)
-    for i, c in enumerate(clips):
-        batch[i, : len(c)] = c
-    return batch, np.array([len(c) for c in clips], np.int32)
-
-
 @pytest.mark.parametrize("normalize", [False, True])
 def test_log_mel_matches_whisper_feature_extractor(normalize):
     from transformers import WhisperFeatureExtractor
 
     extractor = WhisperFeatureExtractor(feature_size=128)
-    clips = _clips()
-    features, frame_lengths = log_mel(*_batch(clips), normalize=normalize)
-    features = np.asarray(features)
-    np.testing.assert_array_equal(frame_lengths, [n // 160 for n in LENGTHS])
-    for i, clip in enumerate(clips):
+    for clip in _clips():
+        features = log_mel(clip, normalize=normalize)
         expected = extractor(
             clip, sampling_rate=16_000, padding="longest", truncation=False, do_normalize=normalize, return_tensors="np"
         )["input_features"][0].T
-        assert expected.shape == (LENGTHS[i] // 160, 128)
-        np.testing.assert_allclose(features[i, : frame_lengths[i]], expected, rtol=0, atol=1e-5)
-        assert not features[i, frame_lengths[i] :].any(), "padded frames must be zero"
+        assert features.shape == expected.shape == (len(clip) // 160, 128) and features.dtype == np.float32
+        np.testing.assert_allclose(features, expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore:n_fft=400 is too large")  # the 201-sample clip, still well defined
@@ -54,9 +44,8 @@ def test_log_mel_matches_whisper_feature_extractor(normalize):
 def test_log_mel_matches_float64_librosa_reference(normalize):
     import librosa
 
-    clips = _clips()
-    features, frame_lengths = log_mel(*_batch(clips), normalize=normalize)
-    for i, clip in enumerate(clips):
+    for clip in _clips():
+        features = log_mel(clip, normalize=normalize)
         wav = clip.astype(np.float64)
         if normalize:
             wav = (wav - wav.mean()) / np.sqrt(wav.var() + 1e-7)
@@ -71,23 +60,21 @@ def test_log_mel_matches_float64_librosa_reference(normalize):
         mel = librosa.filters.mel(sr=16_000, n_fft=400, n_mels=128, norm="slaney", dtype=np.float64) @ power
         log_spec = np.log10(np.maximum(mel, 1e-10))
         expected = (np.maximum(log_spec, log_spec.max() - 8) + 4) / 4
-        np.testing.assert_allclose(features[i, : frame_lengths[i]], expected.T, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(features, expected.T, rtol=0, atol=1e-5)
 
 
-def test_normalisation_uses_each_clips_own_samples():
-    batch, lengths = _batch(_clips())
-    normed = np.asarray(normalize_waveforms(batch + 0.3 * (batch == 0), lengths))  # garbage padding
-    for i, n in enumerate(lengths):
-        np.testing.assert_allclose(normed[i, :n].mean(), 0, atol=1e-5)
-        np.testing.assert_allclose(normed[i, :n].std(), 1, atol=1e-4)
-        assert not normed[i, n:].any()
+def test_normalisation_gives_zero_mean_unit_variance():
+    for clip in _clips():
+        normed = normalize_waveform(clip)
+        assert normed.dtype == np.float32
+        np.testing.assert_allclose(normed.mean(), 0, atol=1e-5)
+        np.testing.assert_allclose(normed.std(), 1, atol=1e-4)
 
 
 def test_truncates_at_300_seconds():
     rng = np.random.default_rng(1)
     wav = (0.1 * rng.standard_normal(MAX_SAMPLES + 4_000)).astype(np.float32)
-    # Row 0 is over 300 s, row 1 exactly 300 s (same samples): identical features.
-    features, frame_lengths = log_mel(np.stack([wav, wav]), np.array([len(wav), MAX_SAMPLES]))
-    assert features.shape == (2, 30_000, 128)
-    np.testing.assert_array_equal(frame_lengths, [30_000, 30_000])
-    np.testing.assert_array_equal(features[0], features[1])
+    # Over 300 s and exactly 300 s (the same samples): identical features.
+    features = log_mel(wav)
+    assert features.shape == (30_000, 128)
+    np.testing.assert_array_equal(features, log_mel(wav[:MAX_SAMPLES]))

@@ -10,8 +10,8 @@ from helpers import tiny_config
 from bagpiper_jax.audio_encoder.config import output_lengths
 from bagpiper_jax.config import DataConfig
 from bagpiper_jax.data.pipeline import DataError, build_pipeline, packing_efficiency
-from bagpiper_jax.data.prepare import write_index, write_shard
 from bagpiper_jax.data.records import PreparedExample, PreparedMessage
+from bagpiper_jax.data.shards import write_index, write_shard
 from bagpiper_jax.data.template import example_frames
 from bagpiper_jax.model.batch import Batch
 from bagpiper_jax.vocab import TEXT, Vocab
@@ -66,9 +66,11 @@ def prepared(tmp_path_factory):
     examples = [random_example(i, rng) for i in range(90)]
     long_text = PreparedMessage("assistant", "text", "text", np.full(300, 5, np.int32))
     examples.append(dataclasses.replace(PreparedExample("long", "text_only", 301 + 3, (long_text,))))
-    for k in range(3):
-        write_shard(out, k, examples[k * 31 : (k + 1) * 31], [])
-    write_index(CFG, out, 3)
+    shards = [
+        write_shard(out, f"shard-{k:06d}-0000", part, [f"m.jsonl:{k * 31 + i + 1}" for i in range(len(part))], 200)
+        for k, part in enumerate(examples[k * 31 : (k + 1) * 31] for k in range(3))
+    ]
+    write_index(out, shards, "test", 200, 0, np.zeros(0, np.int64))
     return out, examples
 
 
@@ -110,7 +112,16 @@ def mel_of(example: PreparedExample) -> np.ndarray:
 
 def test_packed_rows_are_well_formed(prepared):
     pipe = pipeline(prepared[0])
-    assert pipe.report == {"records": 91, "kept": 90, "skipped_overlong": 1, "skipped_audio_budget": 0, "truncated": 0}
+    assert pipe.report == {
+        "main": {
+            "records": 91,
+            "kept": 90,
+            "duplicates": 0,
+            "skipped_overlong": 1,
+            "skipped_audio_budget": 0,
+            "truncated": 0,
+        }
+    }
     batches = list(itertools.islice(iter(pipe), 6))
     assert all(isinstance(b, Batch) for b in batches)
     cfg_dropped, pieces_seen = [], 0
@@ -165,7 +176,7 @@ def test_packed_rows_are_well_formed(prepared):
 
 def test_overlong_text_only_can_be_truncated(prepared):
     pipe = pipeline(prepared[0], overlong="truncate")
-    assert pipe.report["truncated"] == 1 and pipe.report["kept"] == 91
+    assert pipe.report["main"]["truncated"] == 1 and pipe.report["main"]["kept"] == 91
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -233,5 +244,5 @@ def test_examples_with_more_audio_than_a_row_holds_are_skipped_and_counted(prepa
     limit = sorted(sum(c) for c in clips.values())[-3]  # a mel budget a few examples exceed
     over = {i for i, c in clips.items() if sum(c) > limit or sum(-(-n // 200) for n in c) > 4}
     pipe = pipeline(directory, mel_frames_per_row=limit)
-    assert over and pipe.report["skipped_audio_budget"] == len(over)
-    assert pipe.report["kept"] == 90 - len(over)
+    assert over and pipe.report["main"]["skipped_audio_budget"] == len(over)
+    assert pipe.report["main"]["kept"] == 90 - len(over)

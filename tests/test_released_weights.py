@@ -314,7 +314,7 @@ def test_vllm_config_of_the_8b_release():
     cfg = load_config(REPO / "configs" / "8b.yaml")
     config = vllm_config(cfg, AudioEncoderConfig(n_window=100, n_window_infer=400))
     text, audio = config.pop("text_config"), config.pop("audio_config")
-    assert config == VLLM_8B | {"text_temperature": cfg.generate.text_temperature, "text_topk": cfg.generate.text_top_k}
+    assert config == VLLM_8B | {"text_temperature": cfg.generate.text.temperature, "text_topk": cfg.generate.text.top_k}
     assert text == VLLM_8B_TEXT
     assert audio == VLLM_8B_AUDIO
 

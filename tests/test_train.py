@@ -104,3 +104,29 @@ def test_gradient_accumulation_equals_one_big_batch():
             state.opt_state,
             results[0][0].opt_state,
         )
+
+
+def test_a_mixture_logs_loss_and_eval_per_source(demo_root, tmp_path):
+    demo = demo_root / "demo"
+    sources = (
+        f"data.sources=[{{name: train, prepared: {demo}/prepared, weight: 3}}, "
+        f"{{name: held, prepared: {demo}/heldout, weight: 1}}]"
+    )
+    cfg = demo_config(
+        demo_root,
+        f"run_dir={tmp_path}",
+        'data.prepared=""',
+        'data.eval_prepared=""',
+        sources,
+        "train.steps=2",
+        "train.log_every=1",
+        "train.eval_every=2",
+        "train.checkpoint_every=2",
+    )
+    train(cfg, progress=False)
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    step = records[0]
+    assert step["source/train/frames"] > step["source/held/frames"] > 0  # weights 3:1
+    assert step["source/train/loss"] > 0 and step["source/held/loss"] > 0
+    evaluation = next(r for r in records if "eval/loss" in r)
+    assert {"eval/train/loss", "eval/held/loss", "eval/held/stream_accuracy/0"} <= set(evaluation)

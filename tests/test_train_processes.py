@@ -113,10 +113,29 @@ def two_processes(root, run_dir, *overrides):
     assert done.returncode == 0, done.stderr[-2000:] + logs
 
 
-def test_two_processes_equal_one_and_resume(demo_root, tmp_path):
-    two_processes(demo_root, tmp_path / "multi", "train.steps=4", "train.checkpoint_every=2")
+def mixture(root) -> list[str]:
+    """Overrides drawing from the demo's training (weight 3) and held-out (weight 1) shards."""
+    demo = root / "demo"
+    return [
+        'data.prepared=""',
+        'data.eval_prepared=""',
+        f"data.sources=[{{name: train, prepared: {demo}/prepared, weight: 3}}, "
+        f"{{name: held, prepared: {demo}/heldout, weight: 1}}]",
+    ]
+
+
+def test_two_processes_equal_one_and_resume_with_a_mixture(demo_root, tmp_path):
+    two_processes(demo_root, tmp_path / "multi", "train.steps=4", "train.checkpoint_every=2", *mixture(demo_root))
     assert sorted((tmp_path / "multi" / "checkpoints" / "4" / "data").glob("process_*")) != []
-    two_processes(demo_root, tmp_path / "multi", "train.steps=6", "train.checkpoint_every=2")  # resumes at 4
-    finish(launch(demo_root, tmp_path / "single", "train.steps=6", "train.checkpoint_every=2"))
+    two_processes(
+        demo_root,
+        tmp_path / "multi",
+        "train.steps=6",
+        "train.checkpoint_every=2",  # resumes at 4
+        *mixture(demo_root),
+    )
+    finish(launch(demo_root, tmp_path / "single", "train.steps=6", "train.checkpoint_every=2", *mixture(demo_root)))
     multi, single = logged_losses(tmp_path / "multi"), logged_losses(tmp_path / "single")
     np.testing.assert_allclose([multi[s] for s in range(1, 7)], [single[s] for s in range(1, 7)], rtol=1e-5)
+    records = [json.loads(x) for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    assert {"source/train/loss", "source/held/frames"} <= set(records[0])

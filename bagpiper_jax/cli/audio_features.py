@@ -30,11 +30,8 @@ def _features(args: argparse.Namespace) -> int:
         tower = load_tower(args.encoder)
     except CheckpointError as e:
         raise CheckpointError(f"cannot load audio encoder: {e}") from e
-    lengths = np.array([len(wav)], np.int32)
-    features, frame_lengths = log_mel(
-        wav[None], lengths, n_mels=tower.config.num_mel_bins, normalize=not args.no_normalize
-    )
-    outputs, token_lengths = nnx.jit(lambda t, f, n: t(f, n))(tower, features, frame_lengths)
+    features = log_mel(wav, n_mels=tower.config.num_mel_bins, normalize=not args.no_normalize)
+    outputs, token_lengths = nnx.jit(lambda t, f, n: t(f, n))(tower, features[None], np.array([len(features)]))
     result = np.asarray(outputs[0, : int(token_lengths[0])], np.float32)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     np.save(args.output, result)

@@ -32,6 +32,7 @@ from bagpiper_jax.codec.xcodec import XCodec
 from bagpiper_jax.config import Config
 from bagpiper_jax.data.demo_corpus import captions, write_demo_corpus
 from bagpiper_jax.data.prepare import prepare_manifest
+from bagpiper_jax.data.shards import is_v1, migrate_v1
 from bagpiper_jax.data.text_tokenizer import train_byte_bpe
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ def ensure_demo_prepared(cfg: Config, examples: int = 400, heldout: int = 40) ->
     if assets.audio_encoder and not (Path(assets.audio_encoder) / "config.json").is_file():
         write_random_encoder(assets.audio_encoder, cfg.model.continuous_dim, cfg.data.piece_frames, cfg.seed)
     for manifest, out in (("manifest.jsonl", cfg.data.prepared), ("heldout.jsonl", cfg.data.eval_prepared)):
+        if out and (Path(out) / "index.json").is_file() and is_v1(out):  # a demo built by an older version
+            migrate_v1(out, cfg.data.piece_frames)
         if out and not (Path(out) / "index.json").is_file():
             prepare_manifest(
                 cfg,

@@ -10,9 +10,13 @@ Line formats (``id`` and ``task`` always present)::
 
 Task to messages: ``text_to_audio`` = user text1 -> assistant audio1; ``audio_to_text``
 = user audio1 -> assistant text1; ``text_only`` = assistant text1 (extra ``textN`` fields
-become further assistant text messages). Audio paths are resolved against the manifest's
-folder. A malformed line raises :class:`ManifestError` naming the line and field; the
-caller counts it as skipped.
+become further assistant text messages). Audio paths are resolved against the folder of
+the manifest part holding the line. A malformed line raises :class:`ManifestError` naming
+the line and field; the caller counts it as skipped.
+
+A manifest may come in parts (a file, a directory of ``*.jsonl`` or a glob; local or
+``gs://``). Preparation splits it into :class:`WorkUnit` s — byte ranges of the parts,
+planned from their sizes alone — so a host reads only the lines it prepares.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
+
+from etils import epath
 
 from bagpiper_jax.errors import BagpiperError
 
@@ -68,12 +74,16 @@ def _text(entry: dict, field: str, where: str) -> str:
     return value
 
 
-def _audio(entry: dict, field: str, where: str, root: Path) -> str:
-    path = Path(_text(entry, field, where))
-    return str(path if path.is_absolute() else (root / path).resolve())
+def _audio(entry: dict, field: str, where: str, root) -> str:
+    path = _text(entry, field, where)
+    if "://" in path or Path(path).is_absolute():
+        return path
+    if "://" in str(root):
+        return str(root / path)
+    return str((Path(str(root)) / path).resolve())
 
 
-def parse_line(line: str, where: str, root: Path) -> Example:
+def parse_line(line: str, where: str, root) -> Example:
     """One manifest line -> :class:`Example`; ``where`` is e.g. ``"corpus.jsonl:12"``."""
     try:
         entry = json.loads(line)
@@ -108,7 +118,7 @@ def parse_line(line: str, where: str, root: Path) -> Example:
     return Example(example_id, task, tuple(messages))
 
 
-def _dialogue(entry: dict, where: str, root: Path) -> list[Message]:
+def _dialogue(entry: dict, where: str, root) -> list[Message]:
     turns = entry.get("dialogue")
     if not isinstance(turns, list) or not turns:
         raise ManifestError(f"{where}: field 'dialogue' must be a non-empty list of [role, modality, content]")
@@ -129,16 +139,99 @@ def _dialogue(entry: dict, where: str, root: Path) -> list[Message]:
     return messages
 
 
-def read_manifest(path: str | Path) -> Iterator[tuple[int, Example | ManifestError]]:
-    """Yields ``(line_number, example or the error)`` for every non-blank line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+@dataclasses.dataclass(frozen=True)
+class ManifestPart:
+    """One JSONL part of a manifest (a local path or a URL such as ``gs://b/p.jsonl``)."""
+
+    path: str
+    size: int  # bytes
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkUnit:
+    """Lines of one part whose first byte lies in ``[start, end)``: the unit of preparation
+    work. Units follow the parts in path order, then by offset; unit ``k`` has ``index`` k."""
+
+    index: int
+    part: ManifestPart
+    start: int
+    end: int
+
+
+def manifest_parts(spec: str | Path) -> list[ManifestPart]:
+    """The JSONL parts of a manifest given as a file, a directory (its ``*.jsonl`` files) or a
+    glob (``data/part-*.jsonl``), local or ``gs://``; sorted by path. An empty match is an
+    error naming the spec; a part that cannot be read is kept (and reported when read)."""
+    spec = str(spec)
+    if any(c in spec for c in "*?["):
+        root, pattern = _glob_root(spec)
+        paths = sorted(str(p) for p in epath.Path(root).glob(pattern))
+    else:
+        path = epath.Path(spec)
+        paths = sorted(str(p) for p in path.glob("*.jsonl")) if path.is_dir() else [spec]
+    if not paths:
+        raise ManifestError(f"manifest {spec} matches no JSONL part", "missing manifest part")
+    parts = []
+    for p in paths:
+        try:
+            size = epath.Path(p).stat().length
+        except OSError:  # listed but unreadable: one empty unit, reported when it is read
+            size = 0
+        parts.append(ManifestPart(p, size))
+    return parts
+
+
+def _glob_root(spec: str) -> tuple[str, str]:
+    """``"gs://b/dir/p-*.jsonl"`` -> (``"gs://b/dir"``, ``"p-*.jsonl"``): the longest prefix of
+    whole path components without a wildcard."""
+    parts = spec.split("/")
+    first = next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))
+    return "/".join(parts[:first]) or ".", "/".join(parts[first:])
+
+
+def plan_units(parts: list[ManifestPart], chunk_bytes: int) -> list[WorkUnit]:
+    """Every part cut into byte ranges of at most ``chunk_bytes`` (an empty part is one
+    empty unit): the same plan on every host, from the parts' sizes alone."""
+    units = []
+    for part in parts:
+        for start in range(0, max(part.size, 1), chunk_bytes):
+            units.append(WorkUnit(len(units), part, start, min(start + chunk_bytes, part.size)))
+    return units
+
+
+def read_unit(unit: WorkUnit) -> Iterator[tuple[str, Example | ManifestError]]:
+    """Yields ``(where, example or the error)`` for every non-blank line starting in the unit.
+
+    ``where`` names the line: ``part.jsonl:12`` in a unit that starts the part, else
+    ``part.jsonl@<byte offset>``. A line that is not UTF-8 is a :class:`ManifestError`.
+    Reads the unit's bytes plus the rest of its last line, nothing else.
+    """
+    root = epath.Path(unit.part.path).parent
+    with epath.Path(unit.part.path).open("rb") as f:
+        offset = unit.start
+        if unit.start:  # a line starting before the unit belongs to the previous one
+            f.seek(unit.start - 1)
+            offset += len(f.readline()) - 1
+        number = 0
+        while offset < unit.end:
+            raw = f.readline()
+            if not raw:
+                break
+            number += 1
+            where = f"{unit.part.name}:{number}" if unit.start == 0 else f"{unit.part.name}@{offset}"
+            offset += len(raw)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield where, ManifestError(f"{where}: not UTF-8 ({e})", "not UTF-8")
+                continue
             if not line.strip():
                 continue
             try:
-                yield number, parse_line(line, f"{path.name}:{number}", path.parent)
+                yield where, parse_line(line, where, root)
             except ManifestError as e:
-                yield number, e
+                yield where, e

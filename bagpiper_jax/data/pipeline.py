@@ -1,22 +1,28 @@
-"""The Grain training input: prepared ArrayRecord shards -> packed, sharded global batches.
+"""The Grain training input: prepared shards -> packed, sharded global batches.
 
-    index -> per-process slice -> shuffle (reseeded each epoch) -> decode + template + CFG
-    -> first-fit packing into rows of ``row_frames`` -> batch -> (multiprocess) prefetch
+    per source: this input shard's shards -> shuffle (reseeded each epoch)
+                -> decode + template + guidance dropout
+    -> mix the sources by weight -> first-fit packing into rows of ``row_frames``
+    -> batch -> (multiprocess) prefetch -> Batch
 
-Every stage is deterministic given ``data.shuffle_seed`` and Grain's iterator state, so
-``get_state``/``set_state`` resume a run exactly (also with worker processes). Each
-process reads a disjoint slice of the index: per epoch every kept record is seen
-exactly once across all processes. Examples longer than a row are skipped (or, with
-``data.overlong=truncate``, text-only ones are cut to the row); both are counted in
-:attr:`InputPipeline.report` up front, from the index, before any data is read.
+Input shard ``s`` of ``data.input_shards`` reads the shards ``j`` with ``j % input_shards
+== s`` of every source (in index order; a source with fewer shards is spread by record,
+see :func:`select_records`), opening only their metadata: start-up costs what a host
+reads, not the corpus size. Every kept record of a source is read exactly once per
+epoch of that source; each source repeats on its own, and sources are interleaved by
+Grain's deterministic weighted mixing. Every stage is deterministic given
+``data.shuffle_seed`` and Grain's iterator state, so ``get_state``/``set_state`` resume a
+run exactly (also with worker processes; the mixture's state holds each source's
+position by name). Examples longer than a row are skipped (or, with
+``data.overlong=truncate``, text-only ones are cut to the row), and so are examples with
+more continuous audio than a row holds and records dropped as repeated ids; all are
+counted in :attr:`InputPipeline.report` from the metadata, before any record is read.
 
-A packed batch is a :class:`~bagpiper_jax.model.batch.Batch` of numpy arrays (this
-process's rows of ``row_frames`` frames) whose ``pieces`` hold up to ``max_pieces_per_row``
-continuous-audio pieces in ``mel_frames_per_row`` log-mel frames per row.
-
-A row closes when its frames, its ``max_pieces_per_row`` pieces or its
-``mel_frames_per_row`` log-mel frames run out; pieces of short clips cost only their own
-frames, so the budgets bind on the audio actually carried, not on padded windows.
+A packed batch is a :class:`~bagpiper_jax.model.batch.Batch` of numpy arrays (this input
+shard's rows of ``row_frames`` frames) whose ``pieces`` hold up to ``max_pieces_per_row``
+continuous-audio pieces in ``mel_frames_per_row`` log-mel frames per row and whose
+``source`` says which source each frame came from. A row closes when its frames, pieces
+or log-mel frames run out.
 """
 
 from __future__ import annotations
@@ -24,51 +30,107 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from pathlib import Path
+import resource
 
 import grain
 import jax
 import numpy as np
 from absl import flags
+from array_record.python.array_record_module import ArrayRecordReader
 
 from bagpiper_jax.audio_encoder.pieces import MelPieces
-from bagpiper_jax.config import DataConfig
+from bagpiper_jax.audio_io import AudioError
+from bagpiper_jax.config import DataConfig, SourceConfig
 from bagpiper_jax.data.packing import first_fit_pack
 from bagpiper_jax.data.records import RecordError, decode_record
-from bagpiper_jax.data.template import TokensFor, guidance_candidates, template
-from bagpiper_jax.errors import BagpiperError
+from bagpiper_jax.data.shards import DataError, PreparedIndex, read_index
+from bagpiper_jax.data.template import TemplateError, TokensFor, guidance_candidates, template
 from bagpiper_jax.model.batch import Batch
 from bagpiper_jax.vocab import Vocab
 
 log = logging.getLogger(__name__)
-FRAME_KEYS = ("ids", "loss_mask")
+FRAME_KEYS = ("ids", "loss_mask", "source")
 PIECE_KEYS = ("mel_offset", "mel_lengths", "mel_clip_lengths", "mel_start")  # packed as one [pieces, 4] "pieces"
 
 
-class DataError(BagpiperError):
-    """The prepared dataset is missing or inconsistent; names the file."""
-
-
-def read_index(prepared: str | Path) -> dict:
-    path = Path(prepared) / "index.json"
-    if not path.is_file():
-        raise DataError(f"{path} not found: run bagpiper-prepare first (data.prepared={prepared!r})")
-    return json.loads(path.read_text())
-
-
 @dataclasses.dataclass
-class IndexedSource:
-    """The records of the given global indices (a Grain random-access source)."""
+class SourceSlice:
+    """The records of one source that one input shard reads (a Grain random-access source).
 
-    source: grain.sources.ArrayRecordDataSource
-    indices: np.ndarray
-    truncate: np.ndarray  # bool per index: cut to the row length
+    Records are addressed by (file, record) over the shards this input shard reads; readers
+    open lazily, one per file, and are not pickled (worker processes open their own).
+    """
+
+    files: list[str]
+    file_index: np.ndarray  # int32 [records]: which file holds each kept record
+    record_index: np.ndarray  # int32 [records]: the record's position in its file
+    truncate: np.ndarray  # bool [records]: cut to the row length
+    report: dict
+
+    def __post_init__(self):
+        self._readers: dict[int, ArrayRecordReader] = {}
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.file_index)
 
     def __getitem__(self, i: int) -> tuple[bytes, bool]:
-        return self.source[int(self.indices[i])], bool(self.truncate[i])
+        f = int(self.file_index[i])
+        if f not in self._readers:
+            self._readers[f] = ArrayRecordReader(self.files[f])
+        return self._readers[f].read([int(self.record_index[i])])[0], bool(self.truncate[i])
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_readers"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._readers = {}
+
+
+def select_records(index: PreparedIndex, cfg: DataConfig, shard_index: int, shard_count: int) -> SourceSlice:
+    """The kept records of input shard ``shard_index`` of ``shard_count``, from the shards'
+    metadata alone; the report counts what the filters dropped.
+
+    Input shard ``s`` reads the shards ``j`` with ``j % shard_count == s``. A corpus with
+    fewer shards than input shards is spread by record instead: input shard ``s`` reads
+    shard ``s % n`` (``n`` shards), every ``k``-th record from the ``s // n``-th on, where
+    ``k`` input shards share that shard. Either way every record is read by exactly one
+    input shard, and the assignment depends on ``shard_count`` only.
+    """
+    if index.piece_frames != cfg.piece_frames:
+        raise DataError(
+            f"{index.directory} was prepared with data.piece_frames={index.piece_frames}, the run uses "
+            f"{cfg.piece_frames}: prepare it again"
+        )
+    shards = len(index.shards)
+    if not shards:
+        raise DataError(f"{index.directory} holds no records")
+    counts = np.asarray([s.count for s in index.shards], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    if shards >= shard_count:
+        mine, first, step = np.arange(shard_index, shards, shard_count), 0, 1
+    else:
+        j = shard_index % shards
+        mine, first, step = np.asarray([j]), shard_index // shards, len(range(j, shard_count, shards))
+    file_index = np.concatenate([np.full(len(range(first, counts[j], step)), f, np.int32) for f, j in enumerate(mine)])
+    record_index = np.concatenate([np.arange(first, counts[j], step, dtype=np.int32) for j in mine])
+    meta = np.concatenate([index.meta(index.shards[j])[first::step] for j in mine])
+    duplicates = index.duplicates()
+    unique = ~np.isin(offsets[mine][file_index] + record_index, duplicates)
+    fits = meta["frames"] <= cfg.row_frames
+    truncate = ~fits & meta["text_only"].astype(bool) & (cfg.overlong == "truncate")
+    audio_fits = (meta["pieces"] <= cfg.max_pieces_per_row) & (meta["mel_frames"] <= cfg.mel_frames_per_row)
+    keep = np.flatnonzero(unique & (fits | truncate) & audio_fits)
+    report = {
+        "records": len(meta),
+        "kept": len(keep),
+        "duplicates": int(np.sum(~unique)),
+        "skipped_overlong": int(np.sum(unique & ~fits & ~truncate)),
+        "skipped_audio_budget": int(np.sum(unique & (fits | truncate) & ~audio_fits)),
+        "truncated": int(np.sum(unique & truncate & audio_fits)),
+    }
+    files = [str(index.records_path(index.shards[j])) for j in mine]
+    return SourceSlice(files, file_index[keep], record_index[keep], truncate[keep], report)
 
 
 class EpochShuffle(grain.MapDataset):
@@ -102,7 +164,8 @@ class EpochShuffle(grain.MapDataset):
 
 @dataclasses.dataclass(frozen=True)
 class Templater:
-    """Record bytes -> templated example dict (None for an undecodable record)."""
+    """Record bytes -> templated example dict of source ``source`` (None for a record that
+    cannot be decoded or templated: skipped with a warning, never fatal)."""
 
     vocab: Vocab
     tokens_for: TokensFor
@@ -115,29 +178,30 @@ class Templater:
     max_mel_frames: int = 1 << 30
     text_token0_as_pad: bool = True
     guidance_keep_other_audio: bool = True
+    source: int = 0
 
     def __call__(self, item: tuple[bytes, bool], rng: np.random.Generator):
         data, truncate = item
+        keep = None
         try:
             ex = decode_record(data)
-        except RecordError as e:
+            candidates = guidance_candidates(ex)
+            if candidates and rng.random() < self.guidance_drop:
+                keep = candidates[rng.integers(len(candidates))]
+            out = template(
+                ex,
+                self.vocab,
+                self.tokens_for,
+                piece_frames=self.piece_frames,
+                mel_bins=self.mel_bins,
+                loss_region=self.loss_region,
+                guidance_keep=keep,
+                text_token0_as_pad=self.text_token0_as_pad,
+                guidance_keep_other_audio=self.guidance_keep_other_audio,
+            )
+        except (RecordError, TemplateError, AudioError) as e:
             log.warning("skipping record: %s", e)
             return None
-        keep = None
-        candidates = guidance_candidates(ex)
-        if candidates and rng.random() < self.guidance_drop:
-            keep = candidates[rng.integers(len(candidates))]
-        out = template(
-            ex,
-            self.vocab,
-            self.tokens_for,
-            piece_frames=self.piece_frames,
-            mel_bins=self.mel_bins,
-            loss_region=self.loss_region,
-            guidance_keep=keep,
-            text_token0_as_pad=self.text_token0_as_pad,
-            guidance_keep_other_audio=self.guidance_keep_other_audio,
-        )
         if len(out["mel_lengths"]) > self.max_pieces or len(out["mel"]) > self.max_mel_frames:
             log.warning(
                 "skipping example %s: %d continuous-audio pieces / %d log-mel frames exceed a row's "
@@ -154,6 +218,7 @@ class Templater:
         return {
             "ids": out["ids"],
             "loss_mask": out["loss_mask"],
+            "source": np.full(len(out["ids"]), self.source, np.int32),
             "mel": out["mel"],
             "pieces": np.stack([out[k] for k in PIECE_KEYS], axis=1),
         }
@@ -182,24 +247,13 @@ def finish_row(row: dict) -> dict:
         "segment_ids": seg,
         "positions": row["ids_positions"],
         "loss_mask": row["loss_mask"],
+        "source": row["source"],
         "mel": row["mel"],
         "mel_offset": np.where(used, mel0[piece_seg] + pieces[:, 0], 0).astype(np.int32),
         "mel_lengths": np.where(used, pieces[:, 1], 0).astype(np.int32),
         "mel_clip_lengths": np.where(used, pieces[:, 2], 0).astype(np.int32),
         "mel_start": np.where(used, frame0[piece_seg] + pieces[:, 3], -1).astype(np.int32),
     }
-
-
-def _fits_audio_budget(index: dict, cfg: DataConfig, records: int) -> np.ndarray:
-    """``[records]`` bool: the example's continuous-audio pieces and log-mel frames fit in one
-    row (from the clips' mel lengths in the index; indexes without them pass everything and
-    the templater skips, with a warning, what does not fit)."""
-    if any(s.get("mel_frames") is None for s in index["shards"]):
-        return np.ones(records, bool)
-    clips = [c for s in index["shards"] for c in s["mel_frames"]]
-    pieces = np.asarray([sum(-(-n // cfg.piece_frames) for n in c) for c in clips], np.int64)
-    mel = np.asarray([sum(c) for c in clips], np.int64)
-    return (pieces <= cfg.max_pieces_per_row) & (mel <= cfg.mel_frames_per_row)
 
 
 def to_batch(rows: dict) -> Batch:
@@ -210,18 +264,56 @@ def to_batch(rows: dict) -> Batch:
         rows["positions"],
         rows["loss_mask"],
         MelPieces(rows["mel"], rows["mel_offset"], rows["mel_lengths"], rows["mel_clip_lengths"], rows["mel_start"]),
+        rows["source"],
     )
 
 
 @dataclasses.dataclass
 class InputPipeline:
-    """This process's packed batches; ``report`` counts what the index made us skip."""
+    """One input shard's packed batches; ``report`` counts, per source, what its filters dropped."""
 
     dataset: grain.IterDataset
     report: dict
 
     def __iter__(self):
         return iter(self.dataset)
+
+
+def _raise_file_limit() -> None:
+    """A host reads many shard files at once (one lazily opened reader each): lift the soft
+    limit on open files to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _source_dataset(
+    source: SourceConfig,
+    number: int,
+    cfg: DataConfig,
+    templater: Templater,
+    shard_index: int,
+    shard_count: int,
+    epochs: int | None,
+) -> tuple[grain.MapDataset, dict]:
+    records = select_records(read_index(source.prepared), cfg, shard_index, shard_count)
+    if not len(records):
+        raise DataError(
+            f"input shard {shard_index} of {shard_count} has no records in {source.prepared} (source "
+            f"{source.name!r}): prepare more shards or use fewer input shards"
+        )
+    for what, flag in (
+        ("skipped_overlong", f"data.row_frames={cfg.row_frames}"),
+        ("skipped_audio_budget", "data.max_pieces_per_row / data.mel_frames_per_row"),
+    ):
+        if records.report[what]:
+            log.warning("source %s: skipping %d examples over %s (%s)", source.name, records.report[what], flag, what)
+    # Seeds differ per source so two sources of the same size do not shuffle alike.
+    ds = EpochShuffle(grain.MapDataset.source(records), cfg.shuffle_seed + 1000 * number).repeat(epochs)
+    templater = dataclasses.replace(templater, source=number)
+    return ds.random_map(templater, seed=cfg.shuffle_seed + 1 + 1000 * number).filter(
+        lambda x: x is not None
+    ), records.report
 
 
 def build_pipeline(
@@ -235,48 +327,20 @@ def build_pipeline(
     train: bool = True,
     epochs: int | None = None,
 ) -> InputPipeline:
-    """The pipeline of logical input shard ``shard_index`` of ``shard_count``; it yields
-    ``batch_rows / shard_count`` rows per batch.
+    """The pipeline of logical input shard ``shard_index`` of ``shard_count`` over the
+    sources of ``cfg.mixture``; it yields ``batch_rows / shard_count`` rows per batch.
 
     Args:
       tokens_for: mel frames -> encoder tokens (the audio encoder's length formula).
-      train: CFG dropout on (with ``cfg.guidance_drop``); off for evaluation.
-      epochs: ``None`` repeats forever.
+      train: guidance dropout on (with ``cfg.guidance_drop``); off for evaluation.
+      epochs: ``None`` repeats every source forever; with a number, the mixture stops when
+        one source is exhausted.
     """
     if cfg.batch_rows % shard_count:
         raise DataError(f"data.batch_rows={cfg.batch_rows} does not divide over {shard_count} input shards")
-    index = read_index(cfg.prepared)
-    files = [str(Path(cfg.prepared) / s["file"]) for s in index["shards"]]
-    missing = [f for f in files if not Path(f).is_file()]
-    if missing:
-        raise DataError(f"prepared shards listed in {cfg.prepared}/index.json are missing: {missing}")
-    frames = np.concatenate([np.asarray(s["frames"], np.int64) for s in index["shards"]] or [np.zeros(0)])
-    text_only = np.concatenate([np.asarray(s["text_only"], bool) for s in index["shards"]] or [np.zeros(0, bool)])
-    fits = frames <= cfg.row_frames
-    truncate = ~fits & text_only & (cfg.overlong == "truncate")
-    audio_fits = _fits_audio_budget(index, cfg, len(frames))
-    keep = np.flatnonzero((fits | truncate) & audio_fits)
-    report = {
-        "records": len(frames),
-        "kept": len(keep),
-        "skipped_overlong": int(np.sum(~fits & ~truncate)),
-        "skipped_audio_budget": int(np.sum((fits | truncate) & ~audio_fits)),
-        "truncated": int(truncate.sum()),
-    }
-    if report["skipped_overlong"]:
-        log.warning("skipping %d examples longer than data.row_frames=%d", report["skipped_overlong"], cfg.row_frames)
-    if report["skipped_audio_budget"]:
-        log.warning(
-            "skipping %d examples with more continuous audio than a row holds (data.max_pieces_per_row=%d, "
-            "data.mel_frames_per_row=%d)",
-            report["skipped_audio_budget"],
-            cfg.max_pieces_per_row,
-            cfg.mel_frames_per_row,
-        )
-    mine = keep[shard_index::shard_count]
-    if not len(mine):
-        raise DataError(f"input shard {shard_index} of {shard_count} has no records in {cfg.prepared}")
-    source = IndexedSource(grain.sources.ArrayRecordDataSource(files), mine, truncate[mine])
+    if not cfg.mixture:
+        raise DataError("no data: set data.prepared (or data.sources)")
+    _raise_file_limit()
     templater = Templater(
         vocab,
         tokens_for,
@@ -290,17 +354,24 @@ def build_pipeline(
         cfg.text_token0_as_pad,
         cfg.guidance_keep_other_audio,
     )
-    ds = EpochShuffle(grain.MapDataset.source(source), cfg.shuffle_seed).repeat(epochs)
-    ds = ds.random_map(templater, seed=cfg.shuffle_seed + 1).filter(lambda x: x is not None)
+    # Reading is cheap next to decode + template (CPU-bound Python): threads only fight over the GIL
+    # (and Grain's prefetch scans its whole buffer per element), so local shards read inline.
+    read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=16 * cfg.read_threads)
+    datasets, report = {}, {}
+    for number, source in enumerate(cfg.mixture):
+        ds, report[source.name] = _source_dataset(source, number, cfg, templater, shard_index, shard_count, epochs)
+        datasets[source.name] = ds.to_iter_dataset(read)
+    mixed = (
+        next(iter(datasets.values()))
+        if len(datasets) == 1
+        else grain.IterDataset.mix(datasets, {s.name: s.weight for s in cfg.mixture})
+    )
     lengths = {
         **dict.fromkeys(FRAME_KEYS, cfg.row_frames),
         "pieces": cfg.max_pieces_per_row,
         "mel": cfg.mel_frames_per_row,
     }
-    # Reading is cheap next to decode + template (CPU-bound Python): threads only fight over the GIL
-    # (and Grain's prefetch scans its whole buffer per element), so local shards read inline.
-    read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=16 * cfg.read_threads)
-    it = first_fit_pack(ds.to_iter_dataset(read), lengths, cfg.packing_bins, cfg.shuffle_seed + 2)
+    it = first_fit_pack(mixed, lengths, cfg.packing_bins, cfg.shuffle_seed + 2)
     it = it.map(finish_row).batch(cfg.batch_rows // shard_count, drop_remainder=epochs is None).map(to_batch)
     if cfg.workers:
         if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; a library caller may not parse them
@@ -318,7 +389,10 @@ class ShardedInput:
     ``s % process_count``). Checkpointable by Grain's Orbax handler (state as bytes)."""
 
     def __init__(self, pipelines: list[InputPipeline]):
-        self.report = pipelines[0].report
+        self.report = {
+            name: {k: sum(p.report[name][k] for p in pipelines) for k in pipelines[0].report[name]}
+            for name in pipelines[0].report
+        }  # per source, over this process's input shards
         self._iters = [iter(p) for p in pipelines]
 
     def __iter__(self):

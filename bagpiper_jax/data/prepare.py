@@ -1,21 +1,19 @@
-"""Corpus preparation (``bagpiper-prepare``): JSONL manifest -> ArrayRecord shards of
-prepared examples + index.
+"""Corpus preparation (``bagpiper-prepare``): manifest parts -> record shards + index.
 
-Manifest lines are cut into shards of ``data.examples_per_shard`` consecutive lines;
-process ``p`` of ``n`` (``jax.process_index()/process_count()``) prepares the shards
-``k`` with ``k % n == p``, so the same command scales over the hosts of a pod. A shard is
-written to a temporary name and renamed with its metadata file when complete, so an
-interrupted run resumes by skipping finished shards. Each example is prepared by
-:class:`~bagpiper_jax.data.preparer.Preparer` (tokens, codec codes, log-mel).
+The manifest (a file, a directory of ``*.jsonl`` parts or a glob; local or ``gs://``) is
+planned into work units — byte ranges of at most ``data.manifest_chunk_bytes`` of each
+part, from the parts' sizes alone — and process ``p`` of ``n`` prepares the units ``u``
+with ``u % n == p``, reading only their lines. A unit's examples go through
+:class:`~bagpiper_jax.data.preparer.Preparer` (tokens, codec codes on all local devices,
+FLAC for user audio) into shards of ``data.examples_per_shard`` records (see
+:mod:`bagpiper_jax.data.shards`); the unit's file is written last, so a re-run skips
+finished units and redoes interrupted ones. After a barrier, process 0 assembles the
+index: the shards of every unit in order, repeated ids across the whole corpus
+(:mod:`bagpiper_jax.data.duplicates`), ``report.json``.
 
-A bad input (missing/corrupt/empty/NaN audio, empty or non-string text, malformed line,
-an example longer than a row that is not text-only) never aborts the run: it is skipped
-and listed with its reason in ``report.json``; counts are printed at the end. Output::
-
-    OUT/shard-00000.array_record   records (see bagpiper_jax.data.records)
-    OUT/shard-00000.json           per-shard ids, frame lengths, text-only flags, clip mel lengths, skips
-    OUT/index.json                 shards, counts, config hash (what the pipeline reads)
-    OUT/report.json                every skipped input with its reason, counts per reason
+A bad input never aborts the run: a malformed or non-UTF-8 line, an unreadable part,
+missing/corrupt/empty/NaN audio, empty text, an example longer than a row that is not text
+only, or a repeated id is skipped and listed with its reason in ``report.json``.
 """
 
 from __future__ import annotations
@@ -23,18 +21,18 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
-from array_record.python.array_record_module import ArrayRecordWriter
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from bagpiper_jax.audio_io import SAMPLE_RATE
 from bagpiper_jax.config import Config
-from bagpiper_jax.data.manifest import Example, ManifestError, read_manifest
+from bagpiper_jax.data.duplicates import find_duplicates
+from bagpiper_jax.data.manifest import ManifestError, WorkUnit, manifest_parts, plan_units, read_unit
 from bagpiper_jax.data.preparer import Preparer
-from bagpiper_jax.data.records import PreparedExample, encode_record
+from bagpiper_jax.data.shards import ShardEntry, write_index, write_shard
 
 
 def config_hash(cfg: Config) -> str:
@@ -49,68 +47,107 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def write_shard(out_dir: Path, k: int, records: list[PreparedExample], skips: list[dict]):
-    name = f"shard-{k:05d}.array_record"
-    tmp = out_dir / f".{name}.tmp"
-    writer = ArrayRecordWriter(str(tmp), "group_size:1")
-    for r in records:
-        writer.write(encode_record(r))
-    writer.close()
-    os.replace(tmp, out_dir / name)
-    meta = {
-        "file": name,
-        "count": len(records),
-        "ids": [r.id for r in records],
-        "frames": [r.frames for r in records],
-        "text_only": [all(m.kind == "text" for m in r.messages) for r in records],
-        "mel_frames": [[len(m.array) for m in r.messages if m.kind == "mel"] for r in records],
-        "skipped": skips,
-    }
-    tmp_meta = out_dir / f".shard-{k:05d}.json.tmp"
-    tmp_meta.write_text(json.dumps(meta))
-    os.replace(tmp_meta, out_dir / f"shard-{k:05d}.json")
+def _unit_path(out_dir: Path, unit: WorkUnit) -> Path:
+    return out_dir / "units" / f"unit-{unit.index:06d}.json"
 
 
-def _shard_lines(manifest: Path, per_shard: int) -> list[list[tuple[int, Example | ManifestError]]]:
-    """Manifest lines cut into shards; a repeated id becomes a ``duplicate id`` error."""
-    shards: list[list] = []
-    seen: set[str] = set()
-    for i, (line, item) in enumerate(read_manifest(manifest)):
-        if i % per_shard == 0:
-            shards.append([])
-        if isinstance(item, Example):
-            if item.id in seen:
-                item = ManifestError(
-                    f"{Path(manifest).name}:{line}: id {item.id!r} repeats an earlier line", "duplicate id"
+class _Progress:
+    """The progress bar: examples, clips/s and audio-hours/s of this process."""
+
+    def __init__(self, enabled: bool):
+        self.bar = tqdm(unit="ex", disable=not enabled, desc="prepare")
+        self.start, self.clips, self.seconds = time.perf_counter(), 0, 0.0
+
+    def update(self, examples: int, clips: int, samples: int) -> None:
+        self.clips, self.seconds = self.clips + clips, self.seconds + samples / SAMPLE_RATE
+        dt = time.perf_counter() - self.start
+        self.bar.update(examples)
+        self.bar.set_postfix(clips_per_s=f"{self.clips / dt:.1f}", audio_h_per_s=f"{self.seconds / 3600 / dt:.4f}")
+
+
+def prepare_unit(preparer: Preparer, unit: WorkUnit, out_dir: Path, progress: _Progress) -> dict:
+    """Prepares one work unit into shards; writes and returns its unit file's body."""
+    per_shard = preparer.cfg.data.examples_per_shard
+    shards, skipped, pending, pending_ids = [], [], [], set()
+    lines = 0
+
+    def flush():
+        examples, where = [e for _, e in pending], {e.id: w for w, e in pending}
+        records, rejected = preparer.prepare(examples)
+        skipped.extend({"where": where[i], "id": i, "kind": kind, "reason": r} for i, kind, r in rejected)
+        if records:
+            name = f"shard-{unit.index:06d}-{len(shards):04d}"
+            shards.append(
+                write_shard(out_dir, name, records, [where[r.id] for r in records], preparer.cfg.data.piece_frames)
+            )
+        clips = [m for r in records for m in r.messages if m.kind != "text"]
+        progress.update(len(pending), len(clips), sum(m.samples for m in clips if m.kind == "flac"))
+        pending.clear()
+        pending_ids.clear()
+
+    try:
+        for where, item in read_unit(unit):
+            lines += 1
+            if isinstance(item, ManifestError):
+                skipped.append({"where": where, "id": None, "kind": item.kind, "reason": str(item)})
+            elif item.id in pending_ids:  # within one shard (across shards: found when the index is assembled)
+                skipped.append(
+                    {
+                        "where": where,
+                        "id": item.id,
+                        "kind": "duplicate id",
+                        "reason": f"{where}: id {item.id!r} repeats an earlier line",
+                    }
                 )
-            seen.add(getattr(item, "id", None))
-        shards[-1].append((line, item))
-    return shards
-
-
-def write_index(cfg: Config, out_dir: Path, num_shards: int) -> dict:
-    """Assembles index.json and report.json from the per-shard metadata files."""
-    metas = []
-    for k in range(num_shards):
-        path = out_dir / f"shard-{k:05d}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} missing: shard {k} was not prepared")
-        metas.append(json.loads(path.read_text()))
-    skipped = [s for m in metas for s in m["skipped"]]
-    reasons = collections.Counter(s["kind"] for s in skipped)
-    # mel_frames: per example, the log-mel frames of each continuous-audio clip (absent in
-    # shards written before it was recorded).
-    index = {
-        "shards": [
-            {**{k: m[k] for k in ("file", "count", "ids", "frames", "text_only")}, "mel_frames": m.get("mel_frames")}
-            for m in metas
-        ],
-        "examples": sum(m["count"] for m in metas),
-        "skipped": len(skipped),
-        "config_hash": config_hash(cfg),
+            else:
+                pending.append((where, item))
+                pending_ids.add(item.id)
+            if len(pending) == per_shard:
+                flush()
+        if pending:
+            flush()
+    except OSError as e:  # an unreadable part: report it, prepare the rest
+        skipped.append(
+            {
+                "where": f"{unit.part.name}@{unit.start}",
+                "id": None,
+                "kind": "unreadable manifest part",
+                "reason": f"manifest part {unit.part.path} bytes [{unit.start}, {unit.end}): {e}",
+            }
+        )
+    body = {
+        "part": unit.part.path,
+        "start": unit.start,
+        "end": unit.end,
+        "lines": lines,
+        "shards": [[s.name, s.count, s.records_crc32, s.meta_crc32] for s in shards],
+        "skipped": skipped,
     }
-    report = {"prepared": index["examples"], "skipped": len(skipped), "by_reason": dict(reasons), "inputs": skipped}
-    (out_dir / "index.json").write_text(json.dumps(index))
+    path = _unit_path(out_dir, unit)
+    path.with_name(f".{path.name}.tmp").write_text(json.dumps(body))
+    path.with_name(f".{path.name}.tmp").replace(path)
+    return body
+
+
+def assemble_index(cfg: Config, out_dir: Path, units: list[WorkUnit]) -> dict:
+    """Writes index.json, duplicates.npy and report.json from the unit files; returns the report."""
+    bodies = []
+    for unit in units:
+        path = _unit_path(out_dir, unit)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} missing: work unit {unit.index} was not prepared")
+        bodies.append(json.loads(path.read_text()))
+    shards = [ShardEntry(*entry) for body in bodies for entry in body["shards"]]
+    duplicates, duplicate_reports = find_duplicates(out_dir, shards)
+    skipped = [s for body in bodies for s in body["skipped"]] + duplicate_reports
+    index = write_index(out_dir, shards, config_hash(cfg), cfg.data.piece_frames, len(skipped), duplicates)
+    report = {
+        "prepared": index["examples"],
+        "skipped": len(skipped),
+        "by_reason": dict(collections.Counter(s["kind"] for s in skipped)),
+        "lines": sum(body["lines"] for body in bodies),
+        "inputs": skipped,
+    }
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -124,36 +161,19 @@ def prepare_manifest(
     process_count: int = 1,
     progress: bool = True,
 ) -> dict | None:
-    """Prepares this process's shards; process 0 writes index.json/report.json once all are
-    there (after a barrier when there are several processes). Returns the report there."""
+    """Prepares this process's work units; process 0 assembles the index once all are there
+    (after a barrier when there are several processes). Returns the report there."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shards = _shard_lines(Path(manifest), cfg.data.examples_per_shard)
-    mine = [
-        k
-        for k in range(len(shards))
-        if k % process_count == process_index and not (out_dir / f"shard-{k:05d}.json").is_file()
-    ]
+    (out_dir / "units").mkdir(parents=True, exist_ok=True)
+    units = plan_units(manifest_parts(manifest), cfg.data.manifest_chunk_bytes)
+    mine = [u for u in units if u.index % process_count == process_index and not _unit_path(out_dir, u).is_file()]
     preparer = Preparer(cfg) if mine else None
-    bar = tqdm(total=sum(len(shards[k]) for k in mine), unit="ex", disable=not progress, desc="prepare")
-    start, clips = time.perf_counter(), 0
-    for k in mine:
-        examples, skips = [], []
-        for line, item in shards[k]:
-            if isinstance(item, ManifestError):
-                skips.append({"line": line, "id": None, "kind": item.kind, "reason": str(item)})
-            else:
-                examples.append(item)
-        lines = {ex.id: line for line, ex in shards[k] if not isinstance(ex, ManifestError)}
-        records, skipped = preparer.prepare(examples)
-        skips += [{"line": lines[i], "id": i, "kind": kind, "reason": r} for i, kind, r in skipped]
-        write_shard(out_dir, k, records, skips)
-        clips += sum(m.modality == "audio" for ex in examples for m in ex.messages)
-        bar.update(len(shards[k]))
-        bar.set_postfix(clips_per_s=f"{clips / (time.perf_counter() - start):.1f}")
-    bar.close()
+    bar = _Progress(progress)
+    for unit in mine:
+        prepare_unit(preparer, unit, out_dir, bar)
+    bar.bar.close()
     if process_count > 1:
         multihost_utils.sync_global_devices("bagpiper-prepare")
     if process_index == 0:
-        return write_index(cfg, out_dir, len(shards))
+        return assemble_index(cfg, out_dir, units)
     return None

@@ -2,8 +2,9 @@
 
 - text -> token ids (the ``assets.tokenizer`` tokenizer);
 - assistant audio -> 16 kHz mono -> XCodec codes (``assets.codec``; jitted,
-  length-bucketed batches);
-- user/system audio -> 16 kHz mono -> log-mel (truncated at ``data.max_audio_seconds``).
+  length-bucketed batches split over the host's local devices);
+- user/system audio -> 16 kHz mono (truncated at ``data.max_audio_seconds``) -> FLAC bytes
+  (``audio_io.encode_flac``; its log-mel is computed where the record is used).
 
 Corpus preparation (:mod:`bagpiper_jax.data.prepare`) and generation prompts use it, so a
 prompt is prepared exactly as the training data was.
@@ -11,24 +12,26 @@ prompt is prepared exactly as the training data was.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
-from bagpiper_jax.audio_encoder.features import log_mel
-from bagpiper_jax.audio_io import AudioError, load_audio
+from bagpiper_jax.audio_io import AudioError, encode_flac, load_audio
 from bagpiper_jax.checkpoint.frozen_modules import load_codec, load_tower_config
 from bagpiper_jax.codec.tokenizer import XCodecTokenizer
-from bagpiper_jax.config import Config, ConfigError
+from bagpiper_jax.config import Config, ConfigError, MeshConfig
 from bagpiper_jax.data.manifest import Example
 from bagpiper_jax.data.records import PreparedExample, PreparedMessage
 from bagpiper_jax.data.template import example_frames
 from bagpiper_jax.data.text_tokenizer import TextTokenizer
+from bagpiper_jax.errors import BagpiperError
+from bagpiper_jax.sharding import make_mesh
 from bagpiper_jax.vocab import Vocab
 
-MEL_BUCKET_SAMPLES = 16_000 * 8  # log-mel compiles once per 8 s of clip length
+CODEC_ROWS_PER_DEVICE = 2  # clips per device in one codec call
 
 
-class Skip(ValueError):
+class Skip(BagpiperError):
     """An input that is skipped; ``kind`` is its report category."""
 
     def __init__(self, message: str, kind: str):
@@ -37,7 +40,7 @@ class Skip(ValueError):
 
 
 class Preparer:
-    """Turns manifest examples into prepared records (text, codes, log-mel)."""
+    """Turns manifest examples into prepared records (text tokens, codec codes, FLAC audio)."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -48,7 +51,14 @@ class Preparer:
             raise ConfigError("assets.codec must name a converted XCodec params directory")
         self.tokenizer = TextTokenizer(cfg.assets.tokenizer)
         self.tokenizer.check_fits(cfg.model.text_vocab_size)
-        self.codec = XCodecTokenizer(load_codec(cfg.assets.codec))
+        # Codec batches split over this host's devices (data-parallel; the codec replicated).
+        devices = jax.local_devices()
+        self.codec = XCodecTokenizer(
+            load_codec(cfg.assets.codec),
+            batch_size=CODEC_ROWS_PER_DEVICE * len(devices),
+            mesh=make_mesh(MeshConfig(data=-1, fsdp=1, tensor=1), devices),
+            rules=MeshConfig().rules,
+        )
         if self.codec.cfg.codebook_size != cfg.model.codebook_size:
             raise ConfigError(
                 f"codec {cfg.assets.codec} has codebook_size {self.codec.cfg.codebook_size}, "
@@ -58,13 +68,6 @@ class Preparer:
         # mel frames -> encoder tokens of the configured tower (its n_window), as the pipeline counts them
         tower = load_tower_config(cfg.assets.audio_encoder) if cfg.assets.audio_encoder else AudioEncoderConfig()
         self.tokens_for = tower.tokens
-
-    def _mel(self, wav: np.ndarray) -> np.ndarray:
-        wav = wav[: self.max_samples]
-        padded = np.zeros(-(-len(wav) // MEL_BUCKET_SAMPLES) * MEL_BUCKET_SAMPLES, np.float32)
-        padded[: len(wav)] = wav
-        mel, frames = log_mel(padded[None], np.asarray([len(wav)], np.int32))
-        return np.asarray(mel[0, : int(frames[0])])
 
     def prepare(self, examples: list[Example]) -> tuple[list[PreparedExample], list[tuple[str, str, str]]]:
         """Prepared examples (manifest order) and ``(id, kind, reason)`` per skipped one."""
@@ -90,7 +93,12 @@ class Preparer:
                         to_encode.append((len(staged), len(messages), wav[: self.max_samples]))
                         messages.append(PreparedMessage(m.role, m.modality, "codes", np.zeros((0, 0))))
                     else:
-                        messages.append(PreparedMessage(m.role, m.modality, "mel", self._mel(wav)))
+                        wav = wav[: self.max_samples]  # user audio: FLAC, log-mel computed where it is used
+                        messages.append(
+                            PreparedMessage(
+                                m.role, m.modality, "flac", np.frombuffer(encode_flac(wav), np.uint8), samples=len(wav)
+                            )
+                        )
                 staged.append((ex, messages))
             except (AudioError, Skip) as e:
                 skipped.append((ex.id, e.kind, str(e)))

@@ -36,7 +36,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bagpiper_jax.codec.interleave import delay_interleave, interleaved_ids
-from bagpiper_jax.data.records import PreparedExample
+from bagpiper_jax.data.records import CONTINUOUS_KINDS, PreparedExample, PreparedMessage
 from bagpiper_jax.errors import BagpiperError
 from bagpiper_jax.vocab import BOS, EOS, EOT, MODALITY_IDS, PAD, ROLE_IDS, Vocab
 
@@ -49,14 +49,14 @@ class TemplateError(BagpiperError):
 
 def example_frames(ex: PreparedExample, vocab: Vocab, tokens_for: TokensFor) -> int:
     """Frames the example occupies once templated (what the index stores)."""
-    s = vocab.num_streams
     n = 1
     for m in ex.messages:
-        n += 3 + {
-            "text": lambda a: len(a),
-            "codes": lambda a: len(a) + s - 1,
-            "mel": lambda a: int(tokens_for(len(a))),
-        }[m.kind](m.array)
+        if m.kind == "text":
+            n += 3 + len(m.array)
+        elif m.kind == "codes":
+            n += 3 + len(m.array) + vocab.num_streams - 1
+        else:
+            n += 3 + int(tokens_for(m.mel_frames))
     return n
 
 
@@ -101,10 +101,10 @@ def template(
             if m.array.size and (m.array.min() < 0 or m.array.max() >= vocab.codebook_size):
                 interleaved_ids(m.array, vocab)  # raises, naming the stream and the range
             sizes.append(len(m.array) + s - 1)
-        elif m.kind == "mel":
-            if m.array.ndim != 2 or m.array.shape[1] != mel_bins:
+        elif m.kind in CONTINUOUS_KINDS:
+            if m.kind == "mel" and (m.array.ndim != 2 or m.array.shape[1] != mel_bins):
                 raise TemplateError(f"example {ex.id}: log-mel of shape {m.array.shape}, expected [frames, {mel_bins}]")
-            sizes.append(int(tokens_for(len(m.array))))
+            sizes.append(int(tokens_for(m.mel_frames)))
         else:
             raise TemplateError(f"example {ex.id}: unknown message kind {m.kind!r}")
     out_ids = np.zeros((1 + sum(sizes) + 3 * len(sizes), s), np.int32)
@@ -125,11 +125,11 @@ def template(
             delay_interleave(m.array + (pads + 1), pads, out=out_ids[c : c + n])
             out_mask[c : c + n] = w / s
             audio_content.append((c, c + n))
-        else:  # mel: placeholder frames (zero), cut into pieces of one encoder window
-            for q in range(0, len(m.array), piece_frames):
-                mel_pieces.append(min(piece_frames, len(m.array) - q))
+        else:  # continuous audio: placeholder frames (zero), cut into pieces of one encoder window
+            for q in range(0, m.mel_frames, piece_frames):
+                mel_pieces.append(min(piece_frames, m.mel_frames - q))
                 mel_start.append(c + int(tokens_for(q)))
-                mel_clip.append(len(m.array))
+                mel_clip.append(m.mel_frames)
         end = c + n
         last = i + 1 == len(ex.messages)
         out_ids[end, 0] = EOT if not last and ex.messages[i + 1].role == m.role else EOS
@@ -147,14 +147,8 @@ def template(
         mel_pieces, mel_start, mel_clip = [], [], []
     lengths = np.asarray(mel_pieces, np.int32)
     # The pieces of a clip are consecutive slices of it: the stream is the clips in order.
-    clips = [m.array for m in ex.messages if m.kind == "mel"] if mel_pieces else []
-    mel = (
-        np.zeros((0, mel_bins), np.float32)
-        if not clips
-        else np.asarray(clips[0], np.float32)
-        if len(clips) == 1
-        else np.concatenate(clips).astype(np.float32)
-    )
+    clips = [_log_mel(ex, m, mel_bins) for m in ex.messages if m.kind in CONTINUOUS_KINDS] if mel_pieces else []
+    mel = np.concatenate(clips) if len(clips) > 1 else clips[0] if clips else np.zeros((0, mel_bins), np.float32)
     return {
         "ids": out_ids,
         "loss_mask": out_mask,
@@ -164,6 +158,16 @@ def template(
         "mel_clip_lengths": np.asarray(mel_clip, np.int32),
         "mel_start": np.asarray(mel_start, np.int32),
     }
+
+
+def _log_mel(ex: PreparedExample, message: PreparedMessage, mel_bins: int) -> np.ndarray:
+    mel = message.log_mel(mel_bins)
+    if mel.shape != (message.mel_frames, mel_bins):
+        raise TemplateError(
+            f"example {ex.id}: user audio gives log-mel of shape {mel.shape}, its record says "
+            f"{message.mel_frames} frames"
+        )
+    return mel
 
 
 def guidance_candidates(ex: PreparedExample) -> list[int]:

@@ -130,8 +130,15 @@ class Bagpiper(nnx.Module):
         audio_head = head[:, v.audio_offset : v.audio_offset + v.audio_size]
         return logits0, jnp.einsum("btsd,dv->btsv", hs, audio_head, preferred_element_type=jnp.float32)
 
-    def loss(self, batch: Batch, continuous: Continuous | None = None, denominator: jax.Array | None = None):
-        """``(loss, metric sums)`` of docs/model.md, Loss (see :mod:`bagpiper_jax.model.loss`)."""
+    def loss(
+        self,
+        batch: Batch,
+        continuous: Continuous | None = None,
+        denominator: jax.Array | None = None,
+        num_sources: int = 1,
+    ):
+        """``(loss, metric sums)`` of docs/model.md, Loss (see :mod:`bagpiper_jax.model.loss`);
+        per-source sums over ``batch.source`` of ``num_sources`` mixture sources."""
         hidden = self.hidden_states(batch, continuous)
         return multistream_loss(
             hidden,
@@ -144,4 +151,6 @@ class Bagpiper(nnx.Module):
             self.runtime.loss_chunk,
             self.rules,
             denominator,
+            batch.source,
+            num_sources,
         )

@@ -30,6 +30,8 @@ class Batch:
     loss_mask: float32 ``[rows, frames, streams]`` per-frame, per-stream loss weights.
     pieces: the rows' continuous-audio log-mel pieces (None: no continuous audio), which the
       frozen tower turns into features for the placeholder frames.
+    source: int32 ``[rows, frames]``: the mixture source (``data.mixture`` index) of each
+      frame (None: one source).
     """
 
     ids: jax.Array
@@ -37,6 +39,7 @@ class Batch:
     positions: jax.Array
     loss_mask: jax.Array
     pieces: MelPieces | None = None
+    source: jax.Array | None = None
 
     # Logical axis names of the frame fields (see MelPieces.AXES for the pieces).
     AXES: ClassVar[dict[str, tuple]] = {
@@ -44,6 +47,7 @@ class Batch:
         "segment_ids": ("activation_batch", "activation_length"),
         "positions": ("activation_batch", "activation_length"),
         "loss_mask": ("activation_batch", "activation_length", None),
+        "source": ("activation_batch", "activation_length"),
     }
 
     @property
@@ -61,6 +65,7 @@ class Batch:
             spec((rows, frames), jnp.int32),
             spec((rows, frames, streams), jnp.float32),
             MelPieces.abstract(rows, d.mel_frames_per_row, d.max_pieces_per_row, mel_bins),
+            spec((rows, frames), jnp.int32),
         )
 
     def shardings(self, mesh: Mesh, rules: Rules) -> Batch:
@@ -70,7 +75,8 @@ class Batch:
             return NamedSharding(mesh, logical_to_spec(axes, rules))
 
         pieces = None if self.pieces is None else MelPieces(**{k: named(a) for k, a in MelPieces.AXES.items()})
-        return Batch(**{k: named(a) for k, a in self.AXES.items()}, pieces=pieces)
+        frames = {k: None if getattr(self, k) is None else named(a) for k, a in self.AXES.items()}
+        return Batch(**frames, pieces=pieces)
 
 
 def to_global_arrays(batch: Batch, shardings: Batch) -> Batch:

@@ -74,8 +74,10 @@ def multistream_loss(
     chunk: int,
     rules: Rules = (),
     denominator: jax.Array | None = None,
+    sources: jax.Array | None = None,
+    num_sources: int = 1,
 ):
-    """Loss and per-stream metric sums.
+    """Loss and per-stream (and per-source) metric sums.
 
     Args:
       hidden: final-norm hidden states ``[batch, frames, hidden]`` (compute dtype).
@@ -83,18 +85,26 @@ def multistream_loss(
       ids, loss_mask: ``[batch, frames, streams]``; segment_ids: ``[batch, frames]``.
       denominator: divide by this instead of this batch's own positions (gradient
         accumulation divides every micro-batch by the whole batch's positions).
+      sources: int32 ``[batch, frames]`` mixture source of each frame (None: all 0) of
+        ``num_sources``.
     Returns:
       ``(loss, sums)``; ``sums`` holds ``stream_loss_sum``, ``stream_correct_sum``,
-      ``stream_weight`` (each ``[streams]``) and ``positions``; see :func:`stream_metrics`.
+      ``stream_weight`` (each ``[streams]``), ``positions``, and ``source_loss_sum``,
+      ``source_positions``, ``source_frames`` (each ``[num_sources]``); see
+      :func:`stream_metrics`.
     """
     targets, weights, counted = next_frame_targets(ids, loss_mask, segment_ids, vocab)
+    sources = jnp.zeros(segment_ids.shape, jnp.int32) if sources is None else sources
+    source_hot = jax.nn.one_hot(sources, num_sources, dtype=jnp.float32)  # [batch, frames, sources]
     batch, frames, _ = hidden.shape
     chunk = min(chunk, frames)
     pad = -frames % chunk
     if pad:
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets = jnp.pad(targets, ((0, 0), (0, pad), (0, 0)))
-        weights = jnp.pad(weights, ((0, 0), (0, pad), (0, 0)))
+        hidden, targets, weights, hot = (
+            jnp.pad(x, ((0, 0), (0, pad), (0, 0))) for x in (hidden, targets, weights, source_hot)
+        )
+    else:
+        hot = source_hot
     n_chunks = (frames + pad) // chunk
 
     def chunked(x):  # [batch, frames, ...] -> [chunks, batch, chunk, ...]
@@ -106,7 +116,7 @@ def multistream_loss(
     extra = stream_emb[1:].astype(dtype)  # [streams-1, hidden]
 
     def chunk_stats(carry, xs):
-        h, tgt, w = xs  # [batch, chunk, hidden], [batch, chunk, streams] x2
+        h, tgt, w, src = xs  # [batch, chunk, hidden], [batch, chunk, streams] x2, [batch, chunk, sources]
         logits0 = jnp.einsum("bcd,dv->bcv", h, head, preferred_element_type=jnp.float32)
         logits0 = constrain(logits0, ("activation_batch", "activation_length", "activation_vocab"), rules)
         ce0, ok0 = _cross_entropy(logits0, tgt[..., 0])
@@ -115,14 +125,15 @@ def multistream_loss(
         ce_a, ok_a = _cross_entropy(logits_a, tgt[..., 1:])
         ce = jnp.concatenate([ce0[..., None], ce_a], axis=-1)
         ok = jnp.concatenate([ok0[..., None], ok_a], axis=-1)
-        loss_sum, correct_sum = carry
-        return (loss_sum + jnp.sum(w * ce, axis=(0, 1)), correct_sum + jnp.sum(w * ok, axis=(0, 1))), None
+        loss_sum, correct_sum, source_sum = carry
+        source_sum = source_sum + jnp.einsum("bc,bcs->s", jnp.sum(w * ce, axis=-1), src)
+        return (loss_sum + jnp.sum(w * ce, axis=(0, 1)), correct_sum + jnp.sum(w * ok, axis=(0, 1)), source_sum), None
 
     zeros = jnp.zeros((ids.shape[-1],), jnp.float32)
-    (loss_sum, correct_sum), _ = jax.lax.scan(
+    (loss_sum, correct_sum, source_loss_sum), _ = jax.lax.scan(
         jax.checkpoint(chunk_stats, prevent_cse=False),
-        (zeros, zeros),
-        (chunked(hidden), chunked(targets), chunked(weights)),
+        (zeros, zeros, jnp.zeros((num_sources,), jnp.float32)),
+        (chunked(hidden), chunked(targets), chunked(weights), chunked(hot)),
     )
     positions = jnp.sum(counted).astype(jnp.float32)
     loss = jnp.sum(loss_sum) / jnp.maximum(positions if denominator is None else denominator, 1.0)
@@ -131,16 +142,23 @@ def multistream_loss(
         "stream_correct_sum": correct_sum,
         "stream_weight": jnp.sum(weights, axis=(0, 1)),
         "positions": positions,
+        "source_loss_sum": source_loss_sum,
+        "source_positions": jnp.einsum("bf,bfs->s", counted.astype(jnp.float32), source_hot),
+        "source_frames": jnp.einsum("bf,bfs->s", (segment_ids != 0).astype(jnp.float32), source_hot),
     }
     return loss, sums
 
 
 def stream_metrics(sums: dict) -> dict:
-    """Per-stream weighted-mean loss and accuracy ``[streams]`` from (accumulated) sums."""
+    """Per-stream weighted-mean loss and accuracy ``[streams]``, and per mixture source the
+    loss (as the total loss, over that source's positions) and frames ``[sources]``, from
+    (accumulated) sums."""
     safe = jnp.maximum(sums["stream_weight"], 1e-9)
     return {
         "loss": jnp.sum(sums["stream_loss_sum"]) / jnp.maximum(sums["positions"], 1.0),
         "stream_loss": sums["stream_loss_sum"] / safe,
         "stream_accuracy": sums["stream_correct_sum"] / safe,
         "positions": sums["positions"],
+        "source_loss": sums["source_loss_sum"] / jnp.maximum(sums["source_positions"], 1.0),
+        "source_frames": sums["source_frames"],
     }

@@ -70,9 +70,10 @@ def build_program(cfg: Config, mesh: Mesh, tower: FrozenTower | None = None) -> 
     state_sh = train_state_shardings(abstract, mesh, rules)
     example = Batch.abstract(cfg, cfg.data.batch_rows, mel_bins(tower))
     batch_sh = example.shardings(mesh, rules)
+    sources = max(1, len(cfg.data.mixture))
     train_step, eval_step = jit_steps(
-        make_train_step(graphdef, tower, tx, learning_rate(cfg.train), cfg.train.grad_accum),
-        make_eval_step(graphdef, tower),
+        make_train_step(graphdef, tower, tx, learning_rate(cfg.train), cfg.train.grad_accum, sources),
+        make_eval_step(graphdef, tower, sources),
         state_sh,
         None if tower is None else tower.shardings,
         batch_sh,

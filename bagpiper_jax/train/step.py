@@ -28,12 +28,18 @@ def _add(a, b):
 
 
 def _model_loss(
-    graphdef: nnx.GraphDef, params, tower: FrozenTower | None, tower_params, batch: Batch, denominator=None
+    graphdef: nnx.GraphDef,
+    params,
+    tower: FrozenTower | None,
+    tower_params,
+    batch: Batch,
+    num_sources: int,
+    denominator=None,
 ):
     """``(loss, metric sums)`` of the model rebuilt from ``graphdef`` and ``params``, its
-    continuous audio encoded by the frozen ``tower``."""
+    continuous audio encoded by the frozen ``tower``, per-source sums over ``num_sources``."""
     continuous = None if tower is None or batch.pieces is None else tower.encode(tower_params, batch.pieces)
-    return nnx.merge(graphdef, params).loss(batch, continuous, denominator)
+    return nnx.merge(graphdef, params).loss(batch, continuous, denominator, num_sources)
 
 
 def make_train_step(
@@ -42,8 +48,10 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     grad_accum: int,
+    num_sources: int = 1,
 ) -> Callable:
-    """``step(state, tower_params, batch) -> (state, metrics)`` (not yet jitted)."""
+    """``step(state, tower_params, batch) -> (state, metrics)`` (not yet jitted); the
+    metrics include per-source loss and frames over ``num_sources`` mixture sources."""
 
     def step(state: TrainState, tower_params, batch: Batch):
         vocab = nnx.merge(graphdef, state.params).vocab
@@ -51,7 +59,7 @@ def make_train_step(
 
         def micro_grads(micro: Batch):
             def loss_fn(params):
-                return _model_loss(graphdef, params, tower, tower_params, micro, denominator)
+                return _model_loss(graphdef, params, tower, tower_params, micro, num_sources, denominator)
 
             (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
             return grads, sums
@@ -76,12 +84,12 @@ def make_train_step(
     return step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, tower: FrozenTower | None) -> Callable:
+def make_eval_step(graphdef: nnx.GraphDef, tower: FrozenTower | None, num_sources: int = 1) -> Callable:
     """``eval_step(params, tower_params, batch) -> metric sums`` (accumulate, then
     :func:`bagpiper_jax.model.loss.stream_metrics`)."""
 
     def eval_step(params, tower_params, batch: Batch):
-        return _model_loss(graphdef, params, tower, tower_params, batch)[1]
+        return _model_loss(graphdef, params, tower, tower_params, batch, num_sources)[1]
 
     return eval_step
 

@@ -31,7 +31,8 @@ from bagpiper_jax.checkpoint.frozen_modules import load_frozen_tower
 from bagpiper_jax.checkpoint.model_checkpoint import load_init_params
 from bagpiper_jax.checkpoint.run import RunCheckpoints, checkpoint_directory
 from bagpiper_jax.config import Config
-from bagpiper_jax.data.pipeline import DataError, build_input
+from bagpiper_jax.data.pipeline import build_input
+from bagpiper_jax.data.shards import DataError
 from bagpiper_jax.model.batch import Batch, to_global_arrays
 from bagpiper_jax.model.create import init_model
 from bagpiper_jax.model.flops import train_flops_per_frame
@@ -134,7 +135,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
                 window_steps += 1
                 frames_seen += frames_per_step
                 if step % t_cfg.log_every == 0 or step == t_cfg.steps:
-                    metrics = jax.device_get(metrics)
+                    metrics = named_sources(jax.device_get(metrics), cfg)
                     dt = (time.perf_counter() - window_t) / window_steps
                     metrics.update(
                         step_s=dt,
@@ -165,22 +166,44 @@ def train(cfg: Config, progress: bool = True) -> dict:
     return {"step": step, "preempted": False, **last}
 
 
+def named_sources(metrics: dict, cfg: Config) -> dict:
+    """``source_loss`` / ``source_frames`` vectors -> ``source/<name>/loss`` and ``/frames``."""
+    metrics = dict(metrics)
+    loss, frames = metrics.pop("source_loss"), metrics.pop("source_frames")
+    for i, source in enumerate(cfg.data.mixture):
+        metrics[f"source/{source.name}/loss"] = loss[i]
+        metrics[f"source/{source.name}/frames"] = frames[i]
+    return metrics
+
+
 def evaluate(cfg: Config, eval_step, params, tower: FrozenTower | None, vocab: Vocab, batch_sh: Batch) -> dict:
-    """Mean metrics over ``train.eval_batches`` batches of the eval data (no CFG dropout),
-    always the same batches: a fresh pipeline from its start."""
-    data_cfg = dataclasses.replace(cfg.data, prepared=cfg.data.eval_prepared or cfg.data.prepared, workers=0)
-    data = build_input(
-        data_cfg,
-        vocab,
-        tokens_for(tower),
-        mel_bins(tower),
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        train=False,
-    )
-    tower_params = None if tower is None else tower.params
-    total = None
-    for _ in range(cfg.train.eval_batches):
-        sums = eval_step(params, tower_params, to_global_arrays(next(data), batch_sh))
-        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    return jax.device_get(stream_metrics(total))
+    """Mean metrics over ``train.eval_batches`` batches of each source's eval data (no
+    guidance dropout), always the same batches: fresh pipelines from their start. Returns
+    the metrics over all sources, plus ``<source>/loss`` etc. per source when there are
+    several."""
+    mixture, sums = cfg.data.mixture, {}
+    for source in mixture:
+        held_out = dataclasses.replace(source, prepared=source.eval_prepared or source.prepared)
+        data_cfg = dataclasses.replace(cfg.data, prepared="", eval_prepared="", sources=(held_out,), workers=0)
+        data = build_input(
+            data_cfg,
+            vocab,
+            tokens_for(tower),
+            mel_bins(tower),
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            train=False,
+        )
+        tower_params = None if tower is None else tower.params
+        total = None
+        for _ in range(cfg.train.eval_batches):
+            batch = eval_step(params, tower_params, to_global_arrays(next(data), batch_sh))
+            total = batch if total is None else jax.tree.map(jnp.add, total, batch)
+        sums[source.name] = total
+    overall = jax.tree.map(lambda *xs: sum(xs), *sums.values())
+    metrics = {k: v for k, v in jax.device_get(stream_metrics(overall)).items() if not k.startswith("source_")}
+    if len(mixture) > 1:
+        for name, total in sums.items():
+            per_source = jax.device_get(stream_metrics(total))
+            metrics.update({f"{name}/{k}": v for k, v in per_source.items() if not k.startswith("source_")})
+    return metrics
