@@ -11,9 +11,10 @@ replaced by ``xla``, to rehearse the run):
 - ``mfu_{attention}_{remat}_{seq}x{rows}``: bench/mfu.py with ``runtime.attention`` cudnn
   and pallas_gpu at 4096 x 2 (remat dots), then the faster of the two (higher MFU) with
   remat dots_attention, and at 4096 x 1;
-- ``audio_encoder_bfloat16``, ``codec``: JAX vs HF torch, both on the GPU, full size;
 - ``generate``, ``hf_generate``: KV-cache decode at 8B width, 8 layers, batch 1 and 16 with
   guidance, ours and HF transformers ``generate`` on the same shape;
+- ``audio_encoder_bfloat16`` (the train step's tower dtype), ``codec``: JAX vs HF torch,
+  both on the GPU, full size;
 - ``audio_encoder_float32`` (the dtype of the CPU figures), if time is left.
 
 Each part runs in its own process under a time limit, its own cap or what is left of
