@@ -1,15 +1,18 @@
 """Continuous audio encoder throughput (log-mel features + audio tower), JAX vs HF torch.
 
-Full Qwen3-Omni tower config (output_dim 2048) with HF's random init, the same weights on
-both sides. A batch of clips of different lengths (the longest ``--seconds``, the others
-shorter) goes through waveform → log-mel → tower: ours as numpy log-mel per clip (as in the
-data pipeline) then the jitted tower on the bucketed batch, HF as ``WhisperFeatureExtractor(feature_size=128)`` + the
-``Qwen3OmniMoeAudioEncoder`` forward. Prints one JSON line with mel frames per second
-for each side (best of ``--repeats`` after a warm-up) and ours / HF (> 1: ours faster).
-Both sides run on the default JAX device / the matching torch device (CUDA when JAX runs
+Full Qwen3-Omni tower config (output_dim 2048; ``--hf-config`` changes config fields, e.g. a
+tiny tower for a CPU rehearsal) with HF's random init, the same weights on both sides. A
+batch of clips of different lengths (the longest ``--seconds``, the others shorter) goes
+through waveform → log-mel → tower: ours as numpy log-mel per clip (as in the data
+pipeline) then the jitted tower on the bucketed batch, HF as
+``WhisperFeatureExtractor(feature_size=128)`` + the ``Qwen3OmniMoeAudioEncoder`` forward.
+Prints one JSON line with mel frames per second for each side (best of ``--repeats`` after
+a warm-up) and ours / HF (> 1: ours faster).
+Both sides run on the default JAX device / ``--torch-device`` (default: CUDA when JAX runs
 on a GPU and torch has one, else CPU), in ``--dtype``.
 
     python bench/audio_encoder.py [--batch 4] [--seconds 10] [--repeats 3] [--dtype float32]
+                                  [--torch-device cuda]
 """
 
 import argparse
@@ -21,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
+from hf_side import add_hf_arguments, torch_device
 from transformers import WhisperFeatureExtractor
 from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
@@ -36,11 +40,12 @@ p.add_argument("--batch", type=int, default=4)
 p.add_argument("--seconds", type=float, default=10.0)
 p.add_argument("--repeats", type=int, default=3)
 p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+add_hf_arguments(p)
 args = p.parse_args()
 
 torch.manual_seed(0)
-device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-hf = Qwen3OmniMoeAudioEncoder(Qwen3OmniMoeAudioEncoderConfig(output_dim=2048)).eval()
+device = torch_device(args.torch_device)
+hf = Qwen3OmniMoeAudioEncoder(Qwen3OmniMoeAudioEncoderConfig(**{"output_dim": 2048, **args.hf_config})).eval()
 config = from_dict(AudioEncoderConfig, hf.config.to_dict(), lenient=True)
 
 
@@ -118,6 +123,7 @@ print(
             "torch_threads": torch.get_num_threads(),
             "dtype": args.dtype,
             "params": parameter_count(config),
+            "hf_config": args.hf_config,
             "batch": args.batch,
             "longest_seconds": args.seconds,
             "bucket_frames": frames,

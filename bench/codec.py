@@ -1,11 +1,12 @@
 """XCodec encode/decode throughput, ours (JAX, jitted, bucketed) vs HF torch, same process.
 
-Default (shipped) config with random weights (codebooks randomised), 10 s clips at 16 kHz.
-Prints one JSON line: seconds of audio per second for each side and the ratios
-(ours / HF; > 1 means faster). Both sides run fp32 on the default JAX device / the
-matching torch device (CUDA when JAX runs on a GPU and torch has one, else CPU).
+Default (shipped) config with random weights (codebooks randomised), 10 s clips at 16 kHz;
+``--hf-config`` changes config fields (a tiny codec for a CPU rehearsal). Prints one JSON
+line: seconds of audio per second for each side and the ratios (ours / HF; > 1 means
+faster). Both sides run fp32 on the default JAX device / ``--torch-device`` (default: CUDA
+when JAX runs on a GPU and torch has one, else CPU).
 
-    python bench/codec.py [--batch 2] [--seconds 10] [--repeats 2]
+    python bench/codec.py [--batch 2] [--seconds 10] [--repeats 2] [--torch-device cuda]
 """
 
 import argparse
@@ -15,6 +16,7 @@ import time
 import jax
 import numpy as np
 import torch
+from hf_side import add_hf_arguments, torch_device
 from transformers import XcodecConfig, XcodecModel
 
 from bagpiper_jax.codec.params import model_from_params
@@ -25,11 +27,12 @@ p = argparse.ArgumentParser()
 p.add_argument("--batch", type=int, default=2)
 p.add_argument("--seconds", type=float, default=10.0)
 p.add_argument("--repeats", type=int, default=2)
+add_hf_arguments(p)
 args = p.parse_args()
 
 torch.manual_seed(0)
-device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-hf = XcodecModel(XcodecConfig()).eval()
+device = torch_device(args.torch_device)
+hf = XcodecModel(XcodecConfig(**args.hf_config)).eval()
 with torch.no_grad():
     for q in hf.quantizer.quantizers:
         q.codebook.embed.normal_()
@@ -90,6 +93,7 @@ print(
             "torch_device": device,
             "batch": args.batch,
             "clip_seconds": args.seconds,
+            "hf_config": args.hf_config,
             "repeats": args.repeats,
             "encode_audio_s_per_s": {
                 "jax": round(audio_s / t_ours_enc, 2),

@@ -14,7 +14,6 @@ apart.
     python bench/generate.py --config configs/8b.yaml --layers 4 --frames 256   # 8B width, GPU
 """
 
-import argparse
 import dataclasses
 import json
 import time
@@ -22,37 +21,18 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from synthetic import decode_config, decode_parser, synthetic_prompt_ids
 
-from bagpiper_jax.config import load_config
 from bagpiper_jax.generate.decode import Prompts, decode
 from bagpiper_jax.generate.rules import DecodeRules, modality_plan
 from bagpiper_jax.model.create import init_model
 from bagpiper_jax.sharding import make_mesh
-from bagpiper_jax.vocab import ASSISTANT, BOS, EOS, TEXT, USER, Vocab
-
-
-def synthetic_prompts(vocab: Vocab, rows: int, text_tokens: int, seed: int) -> Prompts:
-    rng = np.random.default_rng(seed)
-    ids = np.zeros((rows, text_tokens + 5, vocab.num_streams), np.int32)
-    ids[:, :3, 0] = (BOS, USER, TEXT)
-    ids[:, 3 : 3 + text_tokens, 0] = vocab.text_ids(rng.integers(0, vocab.text_size, (rows, text_tokens)))
-    ids[:, -2:, 0] = (EOS, ASSISTANT)
-    return Prompts(jnp.asarray(ids), jnp.zeros((rows,), jnp.int32))
+from bagpiper_jax.vocab import Vocab
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/tiny.yaml")
-    p.add_argument("--layers", type=int, default=0, help="override model.layers")
-    p.add_argument("--batch", default="1,16", help="comma-separated batch sizes (prompts)")
-    p.add_argument("--prompt", type=int, default=64, help="text tokens per prompt")
-    p.add_argument("--frames", type=int, default=128, help="interleaved audio frames per answer")
-    p.add_argument("--repeats", type=int, default=2, help="timed runs per batch size (best is reported)")
-    p.add_argument("--no-guidance", action="store_true", help="no classifier-free guidance rows")
-    p.add_argument("overrides", nargs="*", help="config overrides, key.path=value")
-    args = p.parse_args(argv)
-    overrides = [f"model.layers={args.layers}"] * bool(args.layers) + list(args.overrides)
-    cfg = load_config(args.config, overrides)
+    args = decode_parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = decode_config(args)
     vocab = Vocab.from_config(cfg.model)
     audio = dataclasses.replace(cfg.generate.audio, min_step=args.frames, max_step=args.frames)
     rules = DecodeRules(vocab, dataclasses.replace(cfg.generate, audio=audio), modality_plan(("audio",)))
@@ -65,7 +45,8 @@ def main(argv=None):
     results = []
     with jax.set_mesh(mesh):
         for batch in (int(b) for b in args.batch.split(",")):
-            prompts = synthetic_prompts(vocab, batch, args.prompt, cfg.seed)
+            ids = synthetic_prompt_ids(vocab, batch, args.prompt, cfg.seed)
+            prompts = Prompts(jnp.asarray(ids), jnp.zeros((batch,), jnp.int32))
             key = jax.random.key(0)
             t0 = time.perf_counter()
             compiled = decode.lower(
