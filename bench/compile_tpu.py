@@ -21,7 +21,7 @@ from bagpiper_jax.audio_encoder.frozen import FrozenTower
 from bagpiper_jax.config import load_config
 from bagpiper_jax.model.flops import train_flops_per_frame
 from bagpiper_jax.sharding import make_mesh
-from bagpiper_jax.train.aot import device_memory_gib, tpu_devices
+from bagpiper_jax.train.aot import device_memory_gib, per_device_gib, tpu_devices
 from bagpiper_jax.train.program import build_program
 
 # HBM per chip (GiB, the figures Google publishes) by jax device_kind.
@@ -33,8 +33,10 @@ def compile_report(cfg, devices, encoder: bool = True) -> dict:
     the frozen Qwen3-Omni tower unless ``encoder`` is False: the figures of one JSON line."""
     mesh = make_mesh(cfg.mesh, devices)
     tower = FrozenTower.abstract(mesh, cfg.mesh.rules, dtype=cfg.runtime.encoder_dtype) if encoder else None
-    compiled, seconds = build_program(cfg, mesh, tower).compile()
+    program = build_program(cfg, mesh, tower)
+    compiled, seconds = program.compile()
     m, r, d = cfg.model, cfg.runtime, cfg.data
+    frozen = {".".join(p) for p in program.trainable.frozen_paths}
     return {
         "device_kind": devices[0].device_kind,
         "chips": len(devices),
@@ -47,7 +49,9 @@ def compile_report(cfg, devices, encoder: bool = True) -> dict:
         "remat": r.remat,
         "attention": r.attention,
         "encoder": encoder,
-        "train_flops_per_frame": train_flops_per_frame(m, d.row_frames),
+        "train_flops_per_frame": train_flops_per_frame(m, d.row_frames, frozen),
+        **program.trainable.counts(program.abstract.params),
+        "optimizer_state_gib_per_device": per_device_gib(program.abstract.opt_state, program.state_shardings.opt_state),
         "compile_s": round(seconds, 1),
         "per_device_memory": device_memory_gib(compiled),
     }

@@ -18,6 +18,7 @@ import importlib.util
 import os
 
 import jax
+import numpy as np
 from jax.experimental import topologies
 
 from bagpiper_jax.train.step import compiled_memory_gib
@@ -48,3 +49,11 @@ def device_memory_gib(compiled) -> dict:
     alias = analysis.alias_size_in_bytes
     total = analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes - alias
     return {**memory, "alias_gib": round(alias / 2**30, 3), "total_gib": round(total / 2**30, 3)}
+
+
+def per_device_gib(tree, shardings) -> float:
+    """GiB of ``tree`` (abstract or real arrays) on one device under ``shardings`` (a tree of
+    ``NamedSharding`` s of the same structure), e.g. the optimizer state's share per chip."""
+    shapes = [sharding.shard_shape(x.shape) for x, sharding in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings))]
+    sizes = [int(np.prod(shape)) * np.dtype(x.dtype).itemsize for shape, x in zip(shapes, jax.tree.leaves(tree))]
+    return round(sum(sizes) / 2**30, 3)
