@@ -62,7 +62,7 @@ class NonFiniteGuard:
 
     def record(self, step: int, finite: bool, metrics: dict, data_position: bytes | None) -> None:
         """Notes step ``step``'s outcome; ``metrics`` give its loss and gradient norm and
-        ``data_position`` is the data iterator's state before its batch. Raises
+        ``data_position`` is the data iterator's state before its batch (JSON bytes). Raises
         :class:`NonFiniteError` on the ``max_bad_steps``-th skipped step in a row."""
         if finite:
             self.streak = []
@@ -74,7 +74,7 @@ class NonFiniteGuard:
             "step": step,
             "loss": float(metrics["loss"]),
             "grad_norm": float(metrics["grad_norm"]),
-            "data_position": None if data_position is None else data_position.decode(),
+            "data_position": None if data_position is None else json.loads(data_position),
         }
         log.warning(
             "step %d: non-finite loss %s or gradient norm %s; update skipped (%d in a row); data position %s",

@@ -73,7 +73,7 @@ class TrainableParams:
 
     def split(self, params: nnx.State) -> tuple[nnx.State, nnx.State]:
         """``(trainable, frozen)`` sub-states of ``params`` (frozen is empty when all train)."""
-        return params.split(self._is_trainable, ...)
+        return nnx.split_state(params, self._is_trainable, ...)
 
     @staticmethod
     def merge(trainable: nnx.State, frozen: nnx.State) -> nnx.State:

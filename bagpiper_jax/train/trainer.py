@@ -138,8 +138,8 @@ def train(cfg: Config, progress: bool = True, batch_hook: Callable[[int, Batch],
         with jax.set_mesh(mesh):
             while step < t_cfg.steps:
                 profiler.before(step + 1)
-                position = data.get_state()  # before the batch: where to find it again
                 with timer.phase("data_wait"):
+                    position = data.get_state()  # before the batch: where to find it again
                     host = next(data)
                 if tower is None and np.any(host.pieces.lengths):
                     raise DataError("the data holds continuous (user) audio but assets.audio_encoder is not set")
