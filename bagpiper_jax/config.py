@@ -90,6 +90,7 @@ class RuntimeConfig:
     param_dtype: str = "float32"  # master weights
     encoder_dtype: str = "bfloat16"  # the frozen audio tower's compute dtype
     remat: str = "dots"  # none | dots | dots_attention | qkv_attention | full (model/decoder.py)
+    scan_layers: bool = True  # one lax.scan over the layers; false: unrolled (compile time grows with depth)
     attention: str = "xla"  # xla | cudnn | pallas_gpu | splash (see model.attention_kernels)
     # Pallas attention tiles (frames). splash (TPU): multiples of 128, also used by the
     # backward kernels; pallas_gpu: forward tiles, then one tile size for the backward pass.

@@ -68,6 +68,11 @@ class TrainableParams:
     def everything(self) -> bool:
         return not self.frozen_paths
 
+    @property
+    def frozen_names(self) -> frozenset[str]:
+        """Dotted paths of the frozen params (``decoder.blocks.mlp.up``)."""
+        return frozenset(".".join(p) for p in self.frozen_paths)
+
     def _is_trainable(self, path, _value) -> bool:
         return tuple(str(k) for k in path) in self.paths
 

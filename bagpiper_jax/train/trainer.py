@@ -125,7 +125,7 @@ def train(cfg: Config, progress: bool = True, batch_hook: Callable[[int, Batch],
             flush=True,
         )
     frames_per_step = cfg.data.batch_rows * cfg.data.row_frames
-    frozen = {".".join(p) for p in program.trainable.frozen_paths}
+    frozen = program.trainable.frozen_names
     flops_per_step = train_flops_per_frame(cfg.model, cfg.data.row_frames, frozen) * frames_per_step
     guard = NonFiniteGuard(t_cfg.max_bad_steps, cfg.run_dir, write=main)
     profiler = StepProfiler(t_cfg.profile_steps, logs.run_dir / "tensorboard", enabled=main)
