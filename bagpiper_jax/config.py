@@ -90,6 +90,7 @@ class RuntimeConfig:
     param_dtype: str = "float32"  # master weights
     encoder_dtype: str = "bfloat16"  # the frozen audio tower's compute dtype
     remat: str = "dots"  # none | dots | dots_attention | qkv_attention | full (model/decoder.py)
+    scan_layers: bool = True  # one lax.scan over the layers; false: unrolled (compile time grows with depth)
     attention: str = "xla"  # xla | cudnn | pallas_gpu | splash (see model.attention_kernels)
     # Pallas attention tiles (frames). splash (TPU): multiples of 128, also used by the
     # backward kernels; pallas_gpu: forward tiles, then one tile size for the backward pass.
@@ -310,7 +311,15 @@ class TrainConfig:
     weight_decay: float = 3e-7
     clip_norm: float = 1.0
     grad_accum: int = 1  # micro-batches per step (data.batch_rows must divide)
-    init_from: str = ""  # HF Qwen3 directory used when the run has no checkpoint
+    # Param-path globs of the params that train (docs/training.md, Frozen parameters); the
+    # others get no gradient, no optimizer state and no update. Default: every param.
+    trainable: tuple[str, ...] = ("*",)
+    # Params to start from when the run has no checkpoint: an HF Qwen3 directory, a model
+    # checkpoint, or a run directory (or one of its steps) of an earlier stage.
+    init_from: str = ""
+    # With init_from a run: continue its data iterator (same data.* settings) instead of
+    # starting the data anew.
+    continue_data: bool = False
     checkpoint_every: int = 1000
     checkpoint_dir: str = ""  # "" = <run_dir>/checkpoints; may be a gs:// URL (Orbax writes it directly)
     keep_checkpoints: int = 3
@@ -318,11 +327,24 @@ class TrainConfig:
     eval_every: int = 1000
     eval_batches: int = 4
     peak_flops: float = 989e12  # per device, for MFU (H100/H200 bf16 dense)
+    # A step with a non-finite loss or gradient is skipped; this many in a row stop the run.
+    max_bad_steps: int = 10
+    profile_steps: tuple[int, ...] = ()  # [first, last]: a jax.profiler trace of these steps
 
     def __post_init__(self):
         _check_positive(
-            "train", self, ("steps", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every")
+            "train",
+            self,
+            ("steps", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "max_bad_steps"),
         )
+        if not self.trainable or not all(self.trainable):
+            raise ConfigError(f"train.trainable must list non-empty param-path patterns, got {list(self.trainable)}")
+        if self.profile_steps and not (
+            len(self.profile_steps) == 2 and 1 <= self.profile_steps[0] <= self.profile_steps[1]
+        ):
+            raise ConfigError(
+                f"train.profile_steps must be [first, last] with 1 <= first <= last, got {list(self.profile_steps)}"
+            )
         if self.decay_steps <= self.warmup_steps:
             raise ConfigError(
                 f"train.decay_steps ({self.decay_steps}) must exceed train.warmup_steps ({self.warmup_steps})"
@@ -608,22 +630,42 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _merge(base: dict, update: dict) -> dict:
+    """``base`` with ``update``'s values: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_config_file(path: Path, including: tuple[Path, ...] = ()) -> dict:
+    """A YAML config file's data, with its ``base`` file's underneath (recursively): a file
+    may start from another (``base: 8b_v5p256.yaml``, relative to its own directory) and
+    give only the keys it changes."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist" + (f" (base of {including[-1]})" if including else ""))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must name a config file, got {base!r}")
+    base_path = path.parent / base
+    if base_path.resolve() in {p.resolve() for p in (*including, path)}:
+        raise ConfigError(f"{path}: base {base} includes itself")
+    return _merge(_read_config_file(base_path, (*including, path)), data)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Loads a :class:`Config` from a YAML file (or defaults) plus dotted overrides."""
-    data: dict = {}
-    source = "overrides"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    data = migrate_moved_keys(apply_overrides(data, list(overrides)), source)
+    """Loads a :class:`Config` from a YAML file (and the ``base`` files it names, see
+    :func:`_read_config_file`; or defaults) plus dotted overrides."""
+    data = _read_config_file(Path(path)) if path is not None else {}
+    data = migrate_moved_keys(apply_overrides(data, list(overrides)), str(path or "overrides"))
     return from_dict(Config, data)
 
 

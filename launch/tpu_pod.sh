@@ -18,7 +18,8 @@
 #   RUN                            run name (default bagpiper-8b); checkpoints go to
 #                                  $BUCKET/runs/$RUN/checkpoints (Orbax writes GCS directly),
 #                                  logs to $BUCKET/runs/$RUN through the gcsfuse mount
-#   INIT_FROM                      optional: Qwen3-8B-Base directory (relative to the bucket)
+#   INIT_FROM                      optional, relative to the bucket: a Qwen3-8B-Base directory,
+#                                  a model checkpoint, or an earlier stage's run (runs/<RUN>)
 #   REPO                           git URL of bagpiper-jax (default: the origin of this checkout)
 #   REF                            git ref to check out on the hosts (default: this checkout's HEAD)
 #

@@ -59,6 +59,22 @@ def test_flops_per_frame_counts_layers_head_and_attention():
     assert train_flops_per_frame(m, 8192) == expected
 
 
+def test_a_config_file_starts_from_its_base_file(tmp_path):
+    (tmp_path / "slice").mkdir()
+    (tmp_path / "slice" / "pod.yaml").write_text(f"base: {TINY}\nmesh:\n  fsdp: 4\ntrain:\n  lr: 0.5\n  steps: 7\n")
+    (tmp_path / "stage.yaml").write_text("base: slice/pod.yaml\ntrain:\n  steps: 9\n  trainable: [embed]\n")
+    cfg = load_config(tmp_path / "stage.yaml", ["train.lr=0.25"])
+    tiny = load_config(TINY)
+    assert cfg.model == tiny.model and cfg.mesh.fsdp == 4 and (cfg.mesh.data, cfg.mesh.tensor) == (1, 1)
+    assert (cfg.train.steps, cfg.train.lr, cfg.train.trainable) == (9, 0.25, ("embed",))
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="base loop.yaml includes itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: gone.yaml\n")
+    with pytest.raises(ConfigError, match=r"gone.yaml does not exist \(base of .*orphan.yaml\)"):
+        load_config(tmp_path / "orphan.yaml")
+
+
 def test_overrides_and_round_trip(tmp_path):
     cfg = load_config(TINY, ["model.layers=3", "mesh.fsdp=2", "model.rope_theta=5e5", "seed=7"])
     assert (cfg.model.layers, cfg.mesh.fsdp, cfg.model.rope_theta, cfg.seed) == (3, 2, 5e5, 7)

@@ -181,11 +181,12 @@ def test_sequence_longer_than_max_frames_is_an_error(model_and_batch):
 
 
 def test_remat_policies_give_the_same_gradients(model_and_batch):
-    """Every ``runtime.remat`` policy only changes what the backward pass recomputes."""
+    """Every ``runtime.remat`` policy only changes what the backward pass recomputes (and
+    unrolling the layers, ``runtime.scan_layers=false``, changes nothing)."""
     _, batch, continuous = model_and_batch
     grads = {}
-    for policy in ("none", "dots", "dots_attention", "qkv_attention", "full"):
-        cfg = tiny_config("runtime.loss_chunk=40", f"runtime.remat={policy}")
+    for policy in ("none", "dots", "dots_attention", "qkv_attention", "full", "dots runtime.scan_layers=false"):
+        cfg = tiny_config("runtime.loss_chunk=40", *f"runtime.remat={policy}".split())
         graphdef, state, _ = init_model(cfg.model, cfg.runtime, make_mesh(cfg.mesh, jax.devices()[:1]), cfg.mesh.rules)
         grads[policy] = jax.jit(jax.grad(lambda p, g=graphdef: nnx.merge(g, p).loss(batch, continuous)[0]))(state)
     for g in grads.values():

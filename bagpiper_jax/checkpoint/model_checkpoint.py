@@ -120,6 +120,8 @@ class ParamsSource:
     Attributes:
       config: the resolved config the params were made with.
       step: the checkpoint's step.
+      run_checkpoints: for a run (or one of its steps), its checkpoint directory (whose
+        ``step`` these params are); None for a model checkpoint.
       params: dotted param path -> (shape, stored dtype).
       codec_dir / encoder_dir: frozen module params directories to export with it (None:
         absent): a model checkpoint's own, or those the run's config names.
@@ -140,6 +142,7 @@ class ParamsSource:
             info = read_info(path, KIND)
             self.meta = info.meta
             self.config, self.step = self._config(info.config, path), int(info.meta.get("step", 0))
+            self.run_checkpoints = None
             self._item, self._prefix = path / "params", ()
             self.codec_dir = path / "codec" if (path / "codec").is_dir() else None
             self.encoder_dir = path / "audio_encoder" if (path / "audio_encoder").is_dir() else None
@@ -155,12 +158,14 @@ class ParamsSource:
                 raise CheckpointError(f"--step applies to run directories; {path} is one step of a run")
             meta = json.loads((path / "meta" / "metadata").read_text())
             self.config, self.step, step_dir = self._config(meta["config"], path / "meta"), meta["step"], path
+            directory = epath.Path(path.parent)
         else:
             raise CheckpointError(
                 f"{path} is neither a model checkpoint (a params directory of kind 'model'), "
                 f"a run directory (holding {RUN_CONFIG}) nor one step of a run (state/, meta/)"
             )
         self._item, self._prefix = step_dir / "state", ("params",)
+        self.run_checkpoints = directory
         init = self.config.train.init_from
         self.meta = read_info(init, KIND).meta if init and is_model_checkpoint(init) else {}
         self.codec_dir = self._configured_dir(self.config.assets.codec, "assets.codec", path)

@@ -86,6 +86,10 @@ class RunCheckpoints:
         """The train state alone (conversion and evaluation tools)."""
         return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
 
+    def restore_data(self, step: int, data_iterator) -> None:
+        """Sets the iterator's state in place to the one saved at ``step`` (nothing else is read)."""
+        self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
+
     def wait(self):
         self.manager.wait_until_finished()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -63,7 +65,9 @@ class Decoder(nnx.Module):
     """``cfg.layers`` blocks whose parameters carry a leading "layers" axis.
 
     The forward pass is one ``lax.scan`` over that axis (compile time independent of
-    depth), each step rematerialised per ``runtime.remat`` (see ``REMAT_POLICIES``).
+    depth; ``runtime.scan_layers=false`` unrolls it, e.g. for XLA's cost analysis, which
+    counts a loop body once), each step rematerialised per ``runtime.remat`` (see
+    ``REMAT_POLICIES``).
     """
 
     def __init__(self, cfg: ModelConfig, runtime: RuntimeConfig, rules: Rules, *, rngs: nnx.Rngs):
@@ -73,6 +77,7 @@ class Decoder(nnx.Module):
 
         self.blocks = make_blocks(jax.random.split(rngs.params(), cfg.layers))
         self.remat = runtime.remat
+        self.scan_layers = runtime.scan_layers
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
         graphdef, stacked = nnx.split(self.blocks)
@@ -81,8 +86,13 @@ class Decoder(nnx.Module):
             return nnx.merge(graphdef, layer_params)(h, positions, segment_ids), None
 
         if self.remat != "none":
-            step = jax.checkpoint(step, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
-        x, _ = jax.lax.scan(step, x, stacked)
+            # Inside a scan XLA cannot merge the recomputation into the forward pass; unrolled it could.
+            step = jax.checkpoint(step, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
+        if self.scan_layers:
+            x, _ = jax.lax.scan(step, x, stacked)
+            return x
+        for layer in range(jax.tree.leaves(stacked)[0].shape[0]):
+            x, _ = step(x, jax.tree.map(operator.itemgetter(layer), stacked))
         return x
 
     def extend(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 
 from bagpiper_jax.config import ModelConfig
 from bagpiper_jax.vocab import Vocab
@@ -42,7 +43,26 @@ def param_count(cfg: ModelConfig) -> ParamCount:
     )
 
 
-def train_flops_per_frame(cfg: ModelConfig, seq_len: int) -> float:
+def matmul_weights(cfg: ModelConfig) -> dict[str, int]:
+    """Multiply-accumulates per frame of each matmul weight, by its dotted param path (the
+    decoder's over all layers; ``lm_head``: stream 0 over the whole vocabulary and streams
+    >= 1 over the audio range)."""
+    v = Vocab.from_config(cfg)
+    d, q, kv, n = cfg.hidden, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.layers
+    attn, mlp = "decoder.blocks.attn.", "decoder.blocks.mlp."
+    return {
+        attn + "q_proj": n * d * q,
+        attn + "k_proj": n * d * kv,
+        attn + "v_proj": n * d * kv,
+        attn + "o_proj": n * q * d,
+        mlp + "gate": n * d * cfg.mlp,
+        mlp + "up": n * d * cfg.mlp,
+        mlp + "down": n * cfg.mlp * d,
+        "lm_head": d * v.size + (cfg.num_streams - 1) * d * v.audio_size,
+    }
+
+
+def train_flops_per_frame(cfg: ModelConfig, seq_len: int, frozen: Collection[str] = ()) -> float:
     """Model FLOPs of one training step (forward + backward = 3x forward) per frame.
 
     Counts the matmuls of the layers, the stream-0 head over the whole vocabulary and the
@@ -50,11 +70,13 @@ def train_flops_per_frame(cfg: ModelConfig, seq_len: int) -> float:
     head_dim · seq_len`` (scores and values, no causal halving — the convention of the
     anchors and of MaxText). Embedding gathers, norms and the adaptor (which only runs on
     continuous frames) are not counted.
+
+    ``frozen``: dotted paths of params that get no gradient (``train.trainable``): their
+    weight-gradient matmuls (a third of their FLOPs) do not run and are not counted. Their
+    input gradients are, as the step computes them whenever a param below trains (the
+    recipe's stage 1 trains the embedding table, below every layer).
     """
-    v = Vocab.from_config(cfg)
-    d = cfg.hidden
-    layer_matmul = d * (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim + cfg.heads * cfg.head_dim * d + 3 * d * cfg.mlp
-    head = d * v.size + (cfg.num_streams - 1) * d * v.audio_size
-    dense = 6 * (cfg.layers * layer_matmul + head)
+    weights = matmul_weights(cfg)
+    dense = sum((4 if name in frozen else 6) * macs for name, macs in weights.items())
     attention = 12 * cfg.layers * cfg.heads * cfg.head_dim * seq_len
     return float(dense + attention)

@@ -24,6 +24,7 @@ from bagpiper_jax.sharding import with_shardings
 from bagpiper_jax.train.optimizer import learning_rate, make_optimizer
 from bagpiper_jax.train.state import TrainState, abstract_state, train_state_shardings
 from bagpiper_jax.train.step import jit_steps, make_eval_step, make_train_step
+from bagpiper_jax.train.trainable import TrainableParams
 
 
 @dataclasses.dataclass
@@ -38,6 +39,7 @@ class TrainProgram:
     batch_shardings: Batch
     example: Batch  # the global batch's shapes (``Batch.abstract``)
     tower: FrozenTower | None
+    trainable: TrainableParams
     train_step: jax.stages.Wrapped  # jitted, state donated
     eval_step: jax.stages.Wrapped
 
@@ -55,8 +57,9 @@ class TrainProgram:
 
 
 def build_program(cfg: Config, mesh: Mesh, tower: FrozenTower | None = None) -> TrainProgram:
-    """The train step ``bagpiper-train`` runs (optimizer update, gradient accumulation,
-    donated state) and its eval step, for ``data.batch_rows`` rows of ``data.row_frames``;
+    """The train step ``bagpiper-train`` runs (optimizer update of the ``train.trainable``
+    params, gradient accumulation, non-finite guard, donated state) and its eval step, for
+    ``data.batch_rows`` rows of ``data.row_frames``;
     ``tower`` encodes the batch's continuous audio (None: the model takes none)."""
     rules, tx = cfg.mesh.rules, make_optimizer(cfg.train)
     if cfg.data.batch_rows % cfg.train.grad_accum:
@@ -66,17 +69,20 @@ def build_program(cfg: Config, mesh: Mesh, tower: FrozenTower | None = None) -> 
     if tower is not None:
         tower.check_fits(cfg.model.continuous_dim, cfg.data.piece_frames)
     graphdef, abstract_params = abstract_model(cfg.model, cfg.runtime, rules)
-    abstract = abstract_state(abstract_params, tx)
+    trainable = TrainableParams.select(cfg.train.trainable, abstract_params)
+    abstract = abstract_state(abstract_params, tx, trainable)
     state_sh = train_state_shardings(abstract, mesh, rules)
     example = Batch.abstract(cfg, cfg.data.batch_rows, mel_bins(tower))
     batch_sh = example.shardings(mesh, rules)
     sources = max(1, len(cfg.data.mixture))
     train_step, eval_step = jit_steps(
-        make_train_step(graphdef, tower, tx, learning_rate(cfg.train), cfg.train.grad_accum, sources),
+        make_train_step(graphdef, tower, tx, learning_rate(cfg.train), cfg.train.grad_accum, sources, trainable),
         make_eval_step(graphdef, tower, sources),
         state_sh,
         None if tower is None else tower.shardings,
         batch_sh,
         mesh,
     )
-    return TrainProgram(mesh, graphdef, tx, abstract, state_sh, batch_sh, example, tower, train_step, eval_step)
+    return TrainProgram(
+        mesh, graphdef, tx, abstract, state_sh, batch_sh, example, tower, trainable, train_step, eval_step
+    )

@@ -5,6 +5,10 @@ A step takes the train state, the frozen audio tower's params (or ``None``) and 
 the batch rows into ``grad_accum`` strided micro-batches (each device keeps an equal share
 of every micro-batch) and scans over them; every micro-batch loss is divided by the whole
 batch's loss positions, so the summed gradient equals the gradient of one big batch.
+
+Gradients are taken with respect to the trainable params only
+(:mod:`bagpiper_jax.train.trainable`), and a step whose loss or gradients are not finite
+leaves the params and optimizer state as they were (:mod:`bagpiper_jax.train.nonfinite`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from bagpiper_jax.audio_encoder.frozen import FrozenTower
 from bagpiper_jax.model.batch import Batch
 from bagpiper_jax.model.loss import loss_positions, stream_metrics
+from bagpiper_jax.train.nonfinite import all_finite, keep_if_finite
 from bagpiper_jax.train.state import TrainState
+from bagpiper_jax.train.trainable import TrainableParams, trainable_or_all
 
 
 def _add(a, b):
@@ -49,19 +55,25 @@ def make_train_step(
     schedule: optax.Schedule,
     grad_accum: int,
     num_sources: int = 1,
+    trainable: TrainableParams | None = None,
 ) -> Callable:
     """``step(state, tower_params, batch) -> (state, metrics)`` (not yet jitted); the
-    metrics include per-source loss and frames over ``num_sources`` mixture sources."""
+    metrics include per-source loss and frames over ``num_sources`` mixture sources and
+    ``finite`` (whether the update was applied). ``trainable``: the params that train
+    (default: all); the state's optimizer state must cover exactly those."""
 
     def step(state: TrainState, tower_params, batch: Batch):
         vocab = nnx.merge(graphdef, state.params).vocab
         denominator = loss_positions(batch.ids, batch.loss_mask, batch.segment_ids, vocab)
+        split = trainable_or_all(trainable, state.params)
+        trained, frozen = split.split(state.params)
 
         def micro_grads(micro: Batch):
-            def loss_fn(params):
+            def loss_fn(trained_params):
+                params = split.merge(trained_params, frozen)
                 return _model_loss(graphdef, params, tower, tower_params, micro, num_sources, denominator)
 
-            (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
             return grads, sums
 
         if grad_accum == 1:
@@ -76,10 +88,14 @@ def make_train_step(
             (grads, sums), _ = jax.lax.scan(
                 lambda acc, mb: (_add(acc, micro_grads(mb)), None), micro_grads(first), rest
             )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {**stream_metrics(sums), "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
-        return TrainState(params, opt_state, state.step + 1), metrics
+        updates, opt_state = tx.update(grads, state.opt_state, trained)
+        metrics = stream_metrics(sums)
+        finite = all_finite(metrics["loss"], grads)
+        trained, opt_state = keep_if_finite(
+            finite, (optax.apply_updates(trained, updates), opt_state), (trained, state.opt_state)
+        )
+        metrics.update(grad_norm=optax.tree.norm(grads), lr=schedule(state.step), finite=finite)
+        return TrainState(split.merge(trained, frozen), opt_state, state.step + 1), metrics
 
     return step
 

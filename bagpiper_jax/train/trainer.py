@@ -1,15 +1,19 @@
 """The training loop behind ``bagpiper-train``.
 
 Start-up: mesh from the config; the latest checkpoint of ``run_dir`` if there is one
-(train state onto the current mesh, data-iterator state, frames seen), else params from
-``train.init_from`` (an HF Qwen3 directory or a model checkpoint from
-``bagpiper-convert``) or random; the train step compiled ahead of time with its
-``memory_analysis()`` logged. Then per step: next packed batch -> global
-arrays -> jitted step. Every ``log_every`` steps: loss, per-stream loss/accuracy, lr,
-grad norm, frames/s, MFU, step time to the progress bar, ``metrics.jsonl`` and
-TensorBoard; every ``eval_every`` steps an eval pass; every ``checkpoint_every`` steps an
-async checkpoint. SIGTERM (preemption) saves at the current step, waits for the save to
-commit and returns; the command exits 0.
+(train state onto the current mesh, data-iterator state, frames seen), else the first
+state of :mod:`bagpiper_jax.train.chaining` (params from ``train.init_from`` — an HF Qwen3
+directory, a model checkpoint or an earlier stage's run — or random; fresh optimizer for
+the ``train.trainable`` params); the train step compiled ahead of time with its
+``memory_analysis()`` logged. Then per step: next packed batch -> global arrays -> jitted
+step, which skips the update of a non-finite step (:mod:`bagpiper_jax.train.nonfinite`).
+Every ``eval_every`` steps an eval pass; every ``checkpoint_every`` steps an async
+checkpoint; every ``log_every`` steps: loss, per-stream loss/accuracy, lr, grad norm,
+frames/s, MFU, the step-time split and goodput (:mod:`bagpiper_jax.train.step_timing`),
+skipped steps and the trainable count to the progress bar, ``metrics.jsonl`` and
+TensorBoard. ``train.profile_steps`` traces steps with ``jax.profiler``. SIGTERM
+(preemption) saves at the current step, waits for the save to commit and returns; the
+command exits 0.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import dataclasses
 import json
 import logging
 import signal
-import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,20 +32,22 @@ from tqdm import tqdm
 
 from bagpiper_jax.audio_encoder.frozen import FrozenTower, mel_bins, tokens_for
 from bagpiper_jax.checkpoint.frozen_modules import load_frozen_tower
-from bagpiper_jax.checkpoint.model_checkpoint import load_init_params
 from bagpiper_jax.checkpoint.run import RunCheckpoints, checkpoint_directory
 from bagpiper_jax.config import Config
 from bagpiper_jax.data.pipeline import build_input
 from bagpiper_jax.data.shards import DataError
 from bagpiper_jax.model.batch import Batch, to_global_arrays
-from bagpiper_jax.model.create import init_model
 from bagpiper_jax.model.flops import train_flops_per_frame
 from bagpiper_jax.model.loss import stream_metrics
 from bagpiper_jax.sharding import make_mesh, with_shardings
+from bagpiper_jax.train.chaining import initial_state
 from bagpiper_jax.train.metrics_log import MetricsLog
+from bagpiper_jax.train.nonfinite import NonFiniteGuard
+from bagpiper_jax.train.profiling import StepProfiler
 from bagpiper_jax.train.program import build_program
-from bagpiper_jax.train.state import init_state
 from bagpiper_jax.train.step import compiled_memory_gib
+from bagpiper_jax.train.step_timing import StepTimer
+from bagpiper_jax.train.trainable import tree_bytes
 from bagpiper_jax.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -66,8 +72,12 @@ class Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(cfg: Config, progress: bool = True) -> dict:
-    """Runs (or resumes) training to ``cfg.train.steps``; returns a summary dict."""
+def train(cfg: Config, progress: bool = True, batch_hook: Callable[[int, Batch], Batch] | None = None) -> dict:
+    """Runs (or resumes) training to ``cfg.train.steps``; returns a summary dict.
+
+    ``batch_hook(step, batch)``, if given, replaces each host batch before step ``step``
+    uses it (a test seam, e.g. to inject a non-finite batch)."""
+    timer = StepTimer()
     t_cfg = cfg.train
     mesh = make_mesh(cfg.mesh)
     main = jax.process_index() == 0
@@ -90,16 +100,13 @@ def train(cfg: Config, progress: bool = True) -> dict:
         frames_seen = meta["frames_seen"]
         log.info("resumed from %s/%d", ckpts.directory, latest)
     else:
-        if t_cfg.init_from:  # an HF Qwen3 directory or a model checkpoint (bagpiper-convert)
-            params = load_init_params(t_cfg.init_from, cfg, mesh)
-        else:
-            _, params, _ = init_model(cfg.model, cfg.runtime, mesh, cfg.mesh.rules, cfg.seed)
-        state = init_state(params, program.tx, program.state_shardings)
+        state = initial_state(cfg, program, data)
     local_rows = cfg.data.batch_rows // jax.process_count()
     tower_params = None if tower is None else tower.params
     batch_sh, eval_step = program.batch_shardings, program.eval_step
     compiled, compile_s = program.compile()
     memory = compiled_memory_gib(compiled)
+    counts = program.trainable.counts(program.abstract.params)
     logs = MetricsLog(cfg.run_dir, enabled=main)
     if main:
         (logs.run_dir / "config_resolved.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
@@ -109,6 +116,8 @@ def train(cfg: Config, progress: bool = True) -> dict:
                 {
                     "compiled_s": round(compile_s, 1),
                     "memory_gib": memory,
+                    **counts,
+                    "optimizer_state_gib": round(tree_bytes(program.abstract.opt_state) / 2**30, 3),
                     "data": data.report,
                     "start_step": int(state.step),
                 }
@@ -116,40 +125,57 @@ def train(cfg: Config, progress: bool = True) -> dict:
             flush=True,
         )
     frames_per_step = cfg.data.batch_rows * cfg.data.row_frames
-    flops_per_step = train_flops_per_frame(cfg.model, cfg.data.row_frames) * frames_per_step
+    frozen = program.trainable.frozen_names
+    flops_per_step = train_flops_per_frame(cfg.model, cfg.data.row_frames, frozen) * frames_per_step
+    guard = NonFiniteGuard(t_cfg.max_bad_steps, cfg.run_dir, write=main)
+    profiler = StepProfiler(t_cfg.profile_steps, logs.run_dir / "tensorboard", enabled=main)
     preemption = Preemption()
     start = int(state.step)
     bar = tqdm(total=t_cfg.steps, initial=start, disable=not (main and progress), unit="step", dynamic_ncols=True)
     step, last = start, {}
-    window_t, window_steps = time.perf_counter(), 0
+    timer.restart_window()
     try:
         with jax.set_mesh(mesh):
             while step < t_cfg.steps:
-                host = next(data)
+                profiler.before(step + 1)
+                with timer.phase("data_wait"):
+                    position = data.get_state()  # before the batch: where to find it again
+                    host = next(data)
                 if tower is None and np.any(host.pieces.lengths):
                     raise DataError("the data holds continuous (user) audio but assets.audio_encoder is not set")
                 if host.rows != local_rows:
                     raise DataError(f"pipeline gave {host.rows} rows, expected {local_rows}")
-                state, metrics = compiled(state, tower_params, to_global_arrays(host, batch_sh))
+                if batch_hook is not None:
+                    host = batch_hook(step + 1, host)
+                with timer.phase("host_to_device"):
+                    batch = jax.block_until_ready(to_global_arrays(host, batch_sh))
+                with timer.phase("compute") as compute:
+                    state, metrics = jax.block_until_ready(compiled(state, tower_params, batch))
                 step += 1
-                window_steps += 1
                 frames_seen += frames_per_step
+                finite = bool(metrics.pop("finite"))
+                timer.step_done(compute, applied=finite)
+                profiler.after(step)
+                guard.record(step, finite, metrics, position)
+                if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
+                    with timer.phase("eval"):
+                        logs.write(step, evaluate(cfg, eval_step, state.params, tower, vocab, batch_sh), "eval/")
+                if step % t_cfg.checkpoint_every == 0 or step == t_cfg.steps:
+                    with timer.phase("checkpoint"):
+                        ckpts.save(step, state, data, cfg, frames_seen)
                 if step % t_cfg.log_every == 0 or step == t_cfg.steps:
                     metrics = named_sources(jax.device_get(metrics), cfg)
-                    dt = (time.perf_counter() - window_t) / window_steps
+                    window = timer.window()
                     metrics.update(
-                        step_s=dt,
-                        frames_per_s=frames_per_step / dt,
-                        mfu=flops_per_step / dt / (t_cfg.peak_flops * jax.device_count()),
+                        window,
+                        frames_per_s=frames_per_step / window["step_s"],
+                        mfu=flops_per_step / window["step_s"] / (t_cfg.peak_flops * jax.device_count()),
                         frames_seen=frames_seen,
+                        **guard.window(),
+                        trainable_params=counts["trainable_params"],
                     )
                     last = logs.write(step, metrics)
                     bar.set_postfix(loss=f"{last['loss']:.4f}", fps=f"{last['frames_per_s']:.0f}")
-                    window_t, window_steps = time.perf_counter(), 0
-                if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
-                    logs.write(step, evaluate(cfg, eval_step, state.params, tower, vocab, batch_sh), "eval/")
-                if step % t_cfg.checkpoint_every == 0 or step == t_cfg.steps:
-                    ckpts.save(step, state, data, cfg, frames_seen)
                 bar.update(1)
                 if preemption.agreed():
                     ckpts.save(step, state, data, cfg, frames_seen, force=True)
@@ -158,6 +184,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
                     return {"step": step, "preempted": True, **last}
         ckpts.wait()
     finally:
+        profiler.stop()
         preemption.restore()
         bar.close()
         ckpts.close()
