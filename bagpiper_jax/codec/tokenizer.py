@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from bagpiper_jax.codec.config import XCodecConfig
 from bagpiper_jax.codec.xcodec import XCodec
-from bagpiper_jax.sharding import Rules, logical_to_spec, state_shardings
+from bagpiper_jax.sharding import Rules, batch_shards, logical_to_spec, state_shardings
 
 BATCH = "activation_batch"
 
@@ -77,7 +77,7 @@ class XCodecTokenizer:
             batch_sharding = state_sharding = None
         else:
             spec = logical_to_spec((BATCH,), rules)
-            shards = int(np.prod([mesh.shape[a] for a in jax.tree.leaves(tuple(spec))]))
+            shards = batch_shards(mesh, rules)
             if batch_size % shards:
                 raise ValueError(f"batch_size {batch_size} is not a multiple of the {shards} batch shards of the mesh")
             batch_sharding = NamedSharding(mesh, spec)

@@ -42,6 +42,7 @@ from bagpiper_jax.audio_encoder.pieces import MelPieces
 from bagpiper_jax.audio_io import AudioError
 from bagpiper_jax.config import DataConfig, SourceConfig
 from bagpiper_jax.data.packing import first_fit_pack
+from bagpiper_jax.data.provenance import check_prepared, vocab_fields
 from bagpiper_jax.data.records import RecordError, decode_record
 from bagpiper_jax.data.shards import DataError, PreparedIndex, read_index
 from bagpiper_jax.data.template import TemplateError, TokensFor, guidance_candidates, template
@@ -296,7 +297,9 @@ def _source_dataset(
     shard_count: int,
     epochs: int | None,
 ) -> tuple[grain.MapDataset, dict]:
-    records = select_records(read_index(source.prepared), cfg, shard_index, shard_count)
+    index = read_index(source.prepared)
+    check_prepared(index, vocab_fields(templater.vocab), "the pipeline's vocabulary")
+    records = select_records(index, cfg, shard_index, shard_count)
     if not len(records):
         raise DataError(
             f"input shard {shard_index} of {shard_count} has no records in {source.prepared} (source "

@@ -8,8 +8,11 @@ Start-up: mesh from the config; the latest checkpoint of ``run_dir`` if there is
 arrays -> jitted step. Every ``log_every`` steps: loss, per-stream loss/accuracy, lr,
 grad norm, frames/s, MFU, step time to the progress bar, ``metrics.jsonl`` and
 TensorBoard; every ``eval_every`` steps an eval pass; every ``checkpoint_every`` steps an
-async checkpoint. SIGTERM (preemption) saves at the current step, waits for the save to
-commit and returns; the command exits 0.
+async checkpoint. SIGTERM (preemption; :mod:`~bagpiper_jax.train.preemption`), from
+start-up on, is answered within one step: the current step is saved unless it already is,
+the save committed, and the command exits 0. One trainer runs per ``run_dir``
+(:mod:`~bagpiper_jax.train.run_lock`); a resume restores the newest intact checkpoint whose
+model config matches (:meth:`~bagpiper_jax.checkpoint.run.RunCheckpoints.restore_latest`).
 """
 
 from __future__ import annotations
@@ -17,13 +20,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import signal
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from bagpiper_jax.audio_encoder.frozen import FrozenTower, mel_bins, tokens_for
@@ -32,6 +33,7 @@ from bagpiper_jax.checkpoint.model_checkpoint import load_init_params
 from bagpiper_jax.checkpoint.run import RunCheckpoints, checkpoint_directory
 from bagpiper_jax.config import Config
 from bagpiper_jax.data.pipeline import build_input
+from bagpiper_jax.data.provenance import check_sources
 from bagpiper_jax.data.shards import DataError
 from bagpiper_jax.model.batch import Batch, to_global_arrays
 from bagpiper_jax.model.create import init_model
@@ -39,7 +41,9 @@ from bagpiper_jax.model.flops import train_flops_per_frame
 from bagpiper_jax.model.loss import stream_metrics
 from bagpiper_jax.sharding import make_mesh, with_shardings
 from bagpiper_jax.train.metrics_log import MetricsLog
+from bagpiper_jax.train.preemption import sigterm_requests_stop, stop_agreed
 from bagpiper_jax.train.program import build_program
+from bagpiper_jax.train.run_lock import run_directory_lock
 from bagpiper_jax.train.state import init_state
 from bagpiper_jax.train.step import compiled_memory_gib
 from bagpiper_jax.vocab import Vocab
@@ -47,27 +51,14 @@ from bagpiper_jax.vocab import Vocab
 log = logging.getLogger(__name__)
 
 
-class Preemption:
-    """Turns SIGTERM into a flag the loop checks (agreed on by all processes)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def agreed(self) -> bool:
-        if jax.process_count() == 1:
-            return self.requested
-        return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
-
-
 def train(cfg: Config, progress: bool = True) -> dict:
     """Runs (or resumes) training to ``cfg.train.steps``; returns a summary dict."""
+    with sigterm_requests_stop(), run_directory_lock(cfg.run_dir):
+        return _train(cfg, progress)
+
+
+def _train(cfg: Config, progress: bool) -> dict:
+    check_sources(cfg)  # every prepared directory was made for this model and these assets
     t_cfg = cfg.train
     mesh = make_mesh(cfg.mesh)
     main = jax.process_index() == 0
@@ -83,10 +74,10 @@ def train(cfg: Config, progress: bool = True) -> dict:
         process_count=jax.process_count(),
     )
     ckpts = RunCheckpoints(checkpoint_directory(cfg), t_cfg.keep_checkpoints)
-    latest = ckpts.latest_step()
+    restored = ckpts.restore_latest(with_shardings(program.abstract, program.state_shardings), data, cfg.model)
     frames_seen = 0
-    if latest is not None:
-        state, meta = ckpts.restore(latest, with_shardings(program.abstract, program.state_shardings), data)
+    if restored is not None:
+        latest, state, meta = restored
         frames_seen = meta["frames_seen"]
         log.info("resumed from %s/%d", ckpts.directory, latest)
     else:
@@ -98,6 +89,11 @@ def train(cfg: Config, progress: bool = True) -> dict:
     local_rows = cfg.data.batch_rows // jax.process_count()
     tower_params = None if tower is None else tower.params
     batch_sh, eval_step = program.batch_shardings, program.eval_step
+    if stop_agreed():  # SIGTERM during start-up: no step to lose, no compile to wait for
+        ckpts.save(int(state.step), state, data, cfg, frames_seen)
+        ckpts.wait()
+        ckpts.close()
+        return {"step": int(state.step), "preempted": True}
     compiled, compile_s = program.compile()
     memory = compiled_memory_gib(compiled)
     logs = MetricsLog(cfg.run_dir, enabled=main)
@@ -117,20 +113,26 @@ def train(cfg: Config, progress: bool = True) -> dict:
         )
     frames_per_step = cfg.data.batch_rows * cfg.data.row_frames
     flops_per_step = train_flops_per_frame(cfg.model, cfg.data.row_frames) * frames_per_step
-    preemption = Preemption()
     start = int(state.step)
     bar = tqdm(total=t_cfg.steps, initial=start, disable=not (main and progress), unit="step", dynamic_ncols=True)
-    step, last = start, {}
+    step, last, in_flight = start, {}, None
     window_t, window_steps = time.perf_counter(), 0
     try:
         with jax.set_mesh(mesh):
             while step < t_cfg.steps:
+                if stop_agreed():
+                    ckpts.save(step, state, data, cfg, frames_seen)  # unless this step is saved already
+                    ckpts.wait()
+                    log.warning("preempted: checkpoint at step %d", step)
+                    return {"step": step, "preempted": True, **last}
                 host = next(data)
                 if tower is None and np.any(host.pieces.lengths):
                     raise DataError("the data holds continuous (user) audio but assets.audio_encoder is not set")
                 if host.rows != local_rows:
                     raise DataError(f"pipeline gave {host.rows} rows, expected {local_rows}")
                 state, metrics = compiled(state, tower_params, to_global_arrays(host, batch_sh))
+                jax.block_until_ready(in_flight)  # at most one step in flight: SIGTERM is answered within a step
+                in_flight = metrics
                 step += 1
                 window_steps += 1
                 frames_seen += frames_per_step
@@ -151,14 +153,8 @@ def train(cfg: Config, progress: bool = True) -> dict:
                 if step % t_cfg.checkpoint_every == 0 or step == t_cfg.steps:
                     ckpts.save(step, state, data, cfg, frames_seen)
                 bar.update(1)
-                if preemption.agreed():
-                    ckpts.save(step, state, data, cfg, frames_seen, force=True)
-                    ckpts.wait()
-                    log.warning("preempted: saved step %d", step)
-                    return {"step": step, "preempted": True, **last}
         ckpts.wait()
     finally:
-        preemption.restore()
         bar.close()
         ckpts.close()
         logs.plot_loss()
