@@ -203,6 +203,31 @@ def test_two_preparations_into_one_directory_exclude_each_other(demo_root, tmp_p
         prepare_manifest(demo_config(demo_root), manifest, tmp_path / "out", progress=False)
 
 
+@pytest.mark.slow
+def test_bagpiper_prepare_shares_the_work_over_processes_from_the_environment(demo_root, tmp_path):
+    """Two bagpiper-prepare processes started with the BAGPIPER_* environment (as
+    bagpiper-train) prepare disjoint work units into one directory: the index equals one
+    process's."""
+    manifest = text_manifest(tmp_path / "m.jsonl", 40)
+    layout = ["data.manifest_chunk_bytes=300", "data.examples_per_shard=4"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "bagpiper_jax.cli.prepare", "--config", str(DEMO), "--manifest", str(manifest)]
+    cmd += ["--out", str(tmp_path / "two"), *demo_overrides(demo_root), *layout]
+    env = {"BAGPIPER_COORDINATOR": f"127.0.0.1:{port}", "BAGPIPER_NUM_PROCESSES": "2", "JAX_PLATFORMS": "cpu"}
+    envs = [{**os.environ, **env, "BAGPIPER_PROCESS_ID": str(i)} for i in range(2)]
+    procs = [subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, text=True) for e in envs]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert json.loads(outs[0].strip().splitlines()[-1])["prepared"] == 40
+    units = sorted(json.loads(u.read_text())["start"] for u in (tmp_path / "two" / "units").iterdir())
+    assert len(units) > 4 and len(set(units)) == len(units)
+    prepare_manifest(demo_config(demo_root, *layout), manifest, tmp_path / "one", progress=False)
+    one, two = read_index(tmp_path / "one"), read_index(tmp_path / "two")
+    assert one.shards == two.shards and one.examples == two.examples == 40
+
+
 # --- 3. Long audio --------------------------------------------------------------------------
 
 
@@ -234,13 +259,22 @@ def test_a_clip_longer_than_a_row_is_skipped_before_the_codec(demo_root, tmp_pat
     assert encoded == [16000]  # only the short clip reached the codec
 
 
-def peak_rss_mb(cmd: list[str], env: dict) -> tuple[int, float, str]:
-    """Runs ``cmd``; returns (exit status, peak RSS in MB, output)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss / 1024, out
+# Runs a module as __main__ and prints its peak RSS (VmHWM: of this process image only; a
+# child's ru_maxrss would include its parent's RSS from before the exec).
+PEAK = """import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+finally:
+    print("VmHWM", next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
+"""
+
+
+def peak_rss_mb(module: str, args: list[str], env: dict) -> tuple[int, float, str]:
+    """Runs ``python -m module args``; returns (exit status, peak RSS in MB, output)."""
+    done = subprocess.run([sys.executable, "-c", PEAK, module, *args], env=env, capture_output=True, text=True)
+    peak = int(done.stdout.split("VmHWM")[-1]) / 1024
+    return done.returncode, peak, done.stdout + done.stderr
 
 
 @pytest.mark.slow
@@ -249,8 +283,9 @@ def test_a_ten_minute_clip_encodes_in_bounded_memory(demo_root, tmp_path):
     alone would take 7 GB with this codec's 2 heads) peaks under 1 GB."""
     rng = np.random.default_rng(0)
     sf.write(tmp_path / "long.wav", (3000 * rng.standard_normal(16000 * 600)).astype(np.int16), 16000)
-    cmd = [sys.executable, "-m", "bagpiper_jax.cli.codec", "encode", "--codec", str(demo_root / "demo" / "codec")]
-    status, peak, out = peak_rss_mb([*cmd, str(tmp_path / "long.wav"), str(tmp_path / "c.npy")], dict(os.environ))
+    args = ["encode", "--codec", str(demo_root / "demo" / "codec"), str(tmp_path / "long.wav"), str(tmp_path / "c.npy")]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user's process
+    status, peak, out = peak_rss_mb("bagpiper_jax.cli.codec", args, env)
     assert status == 0, out
     assert np.load(tmp_path / "c.npy").shape == (30000, 8)
     print(f"peak RSS {peak:.0f} MB")

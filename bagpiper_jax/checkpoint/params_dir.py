@@ -125,7 +125,7 @@ def load_params(directory: str | Path, target: Any = None) -> Any:
         if target is None:
             meta = ckptr.metadata(directory / "params")
             tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
-            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
         try:
             return ckptr.restore(directory / "params", target)

@@ -92,11 +92,12 @@ class LongClipEncoder:
             return jax.jit(run, **kwargs)
 
         def first_conv_sums(m, chunk, valid, mean):
+            """Sums over a chunk's first ``valid`` frames of HuBERT's first conv: of the
+            output and of its squared distance to ``mean`` (``[1, 1, channels]`` each)."""
             x = m.semantic_model.feature_extractor.conv_layers[0].conv(chunk[None, :, None])
             keep = (jnp.arange(x.shape[1]) < valid)[None, :, None]
-            return jnp.where(keep, x, 0).sum(1, keepdims=True), jnp.where(keep, jnp.square(x - mean), 0).sum(
-                1, keepdims=True
-            )
+            total = jnp.where(keep, x, 0).sum(1, keepdims=True)
+            return total, jnp.where(keep, jnp.square(x - mean), 0).sum(1, keepdims=True)
 
         def features(m, window, mean, var):
             hubert = m.semantic_model
@@ -107,12 +108,22 @@ class LongClipEncoder:
             x = m(x, frames, query_block)
             return x, total + x
 
+        def semantic(m, total, valid):
+            return m.encoder_semantic(m.semantic_model.encoder.mean(total[None]), valid[None])[0]
+
         self._first_conv_sums = jit(first_conv_sums)
         self._features = jit(features)
-        self._embed = jit(lambda m, x, frames: m.semantic_model.encoder.embed(x[None], frames))
+        self._embed = jit(lambda m, x, valid: m.semantic_model.encoder.embed(x[None], valid[None])[0])
         self._layer = jit(layer, layer_graph, static_argnums=4, donate_argnums=(1, 2))
-        self._semantic = jit(lambda m, total, frames: m.encoder_semantic(m.semantic_model.encoder.mean(total), frames))
-        self._acoustic = jit(lambda m, window, length: m.acoustic_encoder(window[None], length[None])[0][0])
+        self._semantic = jit(semantic)
+        self._acoustic = jit(lambda m, window, valid: m.acoustic_encoder(window[None], valid[None])[0][0])
+        # Frames of context the frame-rate convolutions read on each side.
+        self.embed_margin = encoder.pos_conv_embed.conv.padding
+        sem = model.encoder_semantic
+        convs = [sem.conv]
+        for block in sem.conv_blocks:
+            convs += [unit.conv1 for unit in block.res_units] + [block.conv]
+        self.semantic_margin = max(_conv_chain_extent(convs))
         self._quantize = jit(
             lambda m, e_acoustic, e_semantic, frames, num_quantizers: m.quantize(
                 m.fuse(e_acoustic[None], e_semantic[None]), frames, num_quantizers
@@ -131,8 +142,8 @@ class LongClipEncoder:
         """A mono float clip ``[samples]`` -> codes ``[frames, num_quantizers]`` int32."""
         frames = int(self.cfg.num_frames(len(wav)))
         padded = bucket_frames(frames)
-        e_semantic = np.asarray(self._semantic_latents(wav, frames, padded))
-        e_acoustic = self._acoustic_latents(wav, frames, padded)
+        e_semantic = self._semantic_latents(wav, frames, padded)
+        e_acoustic = self._acoustic_latents(wav, frames)
         w = self.window
         codes = np.zeros((frames, num_quantizers), np.int32)
         for f0 in range(0, frames, w):  # per frame: in windows
@@ -143,17 +154,41 @@ class LongClipEncoder:
             codes[f0 : f0 + n] = np.asarray(out)[:n]
         return codes
 
-    def _semantic_latents(self, wav: np.ndarray, frames: int, padded: int) -> jax.Array:
-        """The semantic encoder's output ``[padded, 768]``: HuBERT's conv features in windows,
-        then its transformer layer by layer over all frames."""
+    def _semantic_latents(self, wav: np.ndarray, frames: int, padded: int) -> np.ndarray:
+        """The semantic encoder's output ``[padded, 768]``: HuBERT's conv features and
+        positional conv in windows, its transformer layer by layer over all frames, the
+        semantic encoder in windows."""
         lengths = jnp.full((1,), frames)
-        x = self._embed(self._state, self._semantic_features(wav, frames, padded), lengths)
+        features = self._semantic_features(wav, frames, padded)
+        x = jnp.asarray(self._in_windows(self._embed, features, frames, frames, self.embed_margin))[None]
+        del features
         total, block = jnp.copy(x), self._query_block(padded)  # both are donated to each layer
         for layer in self._layers:
             x, total = self._layer(layer, x, total, lengths, block)
-        return self._semantic(self._state, total, lengths)[0]
+        del x
+        total = np.asarray(total)[0]
+        return self._in_windows(self._semantic, total, frames, frames, self.semantic_margin)
 
-    def _semantic_features(self, wav: np.ndarray, frames: int, padded: int) -> jax.Array:
+    def _in_windows(self, fn, signal: np.ndarray, length: int, frames: int, margin: int, hop: int = 1) -> np.ndarray:
+        """Output frames ``[padded, channels]`` of ``fn(state, window, valid)`` — convolutions
+        that zero their input past ``valid`` and take ``hop`` input steps per output frame —
+        run on windows of ``window_frames`` frames with ``margin`` input steps of context on
+        each side (cut off after). The first window starts at the input's start and the last
+        is masked at its ``length``, as the whole input is, so every frame is the whole
+        input's."""
+        w, out = self.window, None
+        for f0 in range(0, frames, w):
+            start, end = max(0, f0 * hop - margin), min(length, (f0 + w) * hop + margin)
+            window = np.zeros((w * hop + 2 * margin, *signal.shape[1:]), np.float32)
+            window[: end - start] = signal[start:end]
+            y = np.asarray(fn(self._state, window, np.int32(end - start)))
+            if out is None:
+                out = np.zeros((bucket_frames(frames), *y.shape[1:]), np.float32)
+            first, n = f0 - start // hop, min(w, frames - f0)
+            out[f0 : f0 + n] = y[first : first + n]
+        return out
+
+    def _semantic_features(self, wav: np.ndarray, frames: int, padded: int) -> np.ndarray:
         """HuBERT's projected conv features ``[padded, hidden]`` of the whole clip, in windows."""
         w, hop, span = self.window, self.hop, self.feature_span
         total = len(wav) + 2 * self.pad
@@ -164,35 +199,32 @@ class LongClipEncoder:
         first_frames = (total - self.k0) // self.s0 + 1
         per_chunk = w * hop // self.s0
         chunk_samples = (per_chunk - 1) * self.s0 + self.k0
-        chunks = [
-            (signal[c * per_chunk * self.s0 :][:chunk_samples], min(per_chunk, first_frames - c * per_chunk))
-            for c in range(-(-first_frames // per_chunk))
-        ]
-        chunks = [(np.pad(x, (0, chunk_samples - len(x))), v) for x, v in chunks]
-        zero = jnp.zeros((1, 1, 1), jnp.float32)
-        mean = sum(self._first_conv_sums(self._state, x, v, zero)[0] for x, v in chunks) / first_frames
-        var = sum(self._first_conv_sums(self._state, x, v, mean)[1] for x, v in chunks) / first_frames
+
+        def sums(mean, which):
+            total = 0
+            for c in range(-(-first_frames // per_chunk)):
+                chunk = signal[c * per_chunk * self.s0 :][:chunk_samples]
+                chunk = np.pad(chunk, (0, chunk_samples - len(chunk)))
+                total = (
+                    total
+                    + self._first_conv_sums(self._state, chunk, min(per_chunk, first_frames - c * per_chunk), mean)[
+                        which
+                    ]
+                )
+            return total / first_frames
+
+        mean = sums(jnp.zeros((1, 1, 1), jnp.float32), 0)
+        var = sums(mean, 1)
         window_samples = (w - 1) * hop + span
         out = np.zeros((padded, self.cfg.semantic.hidden_size), np.float32)
         for i in range(windows):
             block = self._features(self._state, signal[i * w * hop :][:window_samples], mean, var)
             out[i * w : min((i + 1) * w, frames)] = np.asarray(block)[: frames - i * w]
-        return jnp.asarray(out)
-
-    def _acoustic_latents(self, wav: np.ndarray, frames: int, padded: int) -> np.ndarray:
-        """The DAC encoder's latents ``[padded, hidden]`` of the whole clip, in windows."""
-        w, hop, margin = self.window, self.hop, self.margin
-        shift = int(self._shift(len(wav), frames))
-        length = len(wav) + 2 * shift
-        signal = np.zeros(length, np.float32)
-        signal[shift : shift + len(wav)] = wav
-        window_samples = w * hop + 2 * margin
-        out = np.zeros((padded, self.cfg.acoustic.hidden_size), np.float32)
-        for f0 in range(0, frames, w):
-            start, end = max(0, f0 * hop - margin), min(length, (f0 + w) * hop + margin)
-            window = np.zeros(window_samples, np.float32)
-            window[: end - start] = signal[start:end]
-            latents = np.asarray(self._acoustic(self._state, window, np.int32(end - start)))
-            first = f0 - start // hop
-            out[f0 : min(f0 + w, frames)] = latents[first : first + min(w, frames - f0)]
         return out
+
+    def _acoustic_latents(self, wav: np.ndarray, frames: int) -> np.ndarray:
+        """The DAC encoder's latents ``[padded, hidden]`` of the whole clip, in windows."""
+        shift = int(self._shift(len(wav), frames))
+        signal = np.zeros(len(wav) + 2 * shift, np.float32)
+        signal[shift : shift + len(wav)] = wav
+        return self._in_windows(self._acoustic, signal, len(signal), frames, self.margin, self.hop)
