@@ -432,6 +432,18 @@ class Config:
     seed: int = 0
 
 
+def check_model_matches(cfg: ModelConfig, stored: ModelConfig, source) -> None:
+    """Raises ``ConfigError`` naming every architecture field in which ``cfg`` differs from
+    the config ``stored`` with a checkpoint (``source``)."""
+    wrong = [
+        f"model.{f.name}={getattr(cfg, f.name)} but {source} has {getattr(stored, f.name)}"
+        for f in dataclasses.fields(ModelConfig)
+        if getattr(cfg, f.name) != getattr(stored, f.name)
+    ]
+    if wrong:
+        raise ConfigError("config does not match the checkpoint: " + "; ".join(wrong))
+
+
 def _check_choice(key: str, value: str, choices: tuple[str, ...]):
     if value not in choices:
         raise ConfigError(f"{key} must be one of {choices}, got {value!r}")

@@ -53,6 +53,11 @@ def logical_to_spec(axes: Sequence[str | None], rules: Rules) -> PartitionSpec:
     return PartitionSpec(*spec)
 
 
+def batch_shards(mesh: Mesh, rules: Rules) -> int:
+    """How many ways the mesh splits batch rows (the mesh axes ``activation_batch`` maps to)."""
+    return math.prod(mesh.shape[a] for a in jax.tree.leaves(tuple(logical_to_spec(("activation_batch",), rules))))
+
+
 def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
     """NamedShardings for every variable of an (abstract) NNX state, from its ``out_sharding``."""
     specs = nnx.get_partition_spec(state)

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bagpiper_jax"
 LAYERS = (
     ("errors", "version"),
     ("config", "compat"),
-    ("vocab", "sharding", "audio_io", "distributed"),
+    ("vocab", "sharding", "audio_io", "distributed", "locks"),
     ("model", "codec", "audio_encoder"),
     ("checkpoint",),
     ("data",),

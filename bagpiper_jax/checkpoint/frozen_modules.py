@@ -68,7 +68,7 @@ def load_tower(
     config = load_tower_config(directory)
     state = nnx.state(abstract_tower(config, dtype), nnx.Param)
     if mesh is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         shardings = jax.tree.map(lambda _: device, nnx.to_pure_dict(state))
     else:
         shardings = nnx.to_pure_dict(state_shardings(state, mesh, rules or ()))

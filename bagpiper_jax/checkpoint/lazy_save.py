@@ -36,6 +36,7 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from orbax.checkpoint import type_handlers
 
+from bagpiper_jax.checkpoint import integrity
 from bagpiper_jax.compat import ORBAX_WRITER
 
 CHUNK_BYTES = 64 * 2**20  # largest stored chunk of a param (Orbax's SaveArgs.chunk_byte_size)
@@ -146,13 +147,19 @@ class _LazyArrayHandler(type_handlers.ArrayHandler):
 
 def save_pytree(directory: str | Path, tree: Any) -> None:
     """Writes ``tree`` (leaves: ``jax.Array`` / :class:`LazyArray`) as ``StandardSave`` would,
-    reading and writing :class:`LazyArray` s a chunk at a time."""
+    reading and writing :class:`LazyArray` s a chunk at a time, then its checksums."""
     directory = Path(directory).absolute()
     if ORBAX_WRITER is None:  # the public path: each param built whole
         tree = jax.tree.map(lambda leaf: leaf.make() if isinstance(leaf, LazyArray) else leaf, tree)
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(directory, tree, force=True)
-        return
+    else:
+        _save_chunked(directory, tree)
+    if jax.process_index() == 0:
+        integrity.seal(directory)
+
+
+def _save_chunked(directory: Path, tree: Any) -> None:
     sizes = [leaf.nbytes for leaf in jax.tree.leaves(tree)]
     lazy = (LazyArray, _LazyArrayHandler(array_metadata_store=ORBAX_WRITER.array_metadata_store()))
     registry = ORBAX_WRITER.create_registry(*ORBAX_WRITER.default_handlers, lazy)

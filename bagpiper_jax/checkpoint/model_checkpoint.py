@@ -31,6 +31,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from bagpiper_jax.audio_encoder.config import AudioEncoderConfig
+from bagpiper_jax.checkpoint import integrity
 from bagpiper_jax.checkpoint.errors import CheckpointError
 from bagpiper_jax.checkpoint.frozen_modules import load_codec_config, load_tower_config, save_codec, save_tower_params
 from bagpiper_jax.checkpoint.hf_qwen3 import load_hf_qwen3
@@ -38,7 +39,7 @@ from bagpiper_jax.checkpoint.lazy_save import save_pytree
 from bagpiper_jax.checkpoint.params_dir import is_params_dir, load_params, read_info, write_info
 from bagpiper_jax.checkpoint.run import RunCheckpoints
 from bagpiper_jax.codec.config import XCodecConfig
-from bagpiper_jax.config import Config, ConfigError, ModelConfig, config_from_dict, to_dict
+from bagpiper_jax.config import Config, ConfigError, check_model_matches, config_from_dict, read_json_file, to_dict
 from bagpiper_jax.model.create import abstract_model
 from bagpiper_jax.sharding import make_mesh, state_shardings, with_shardings
 
@@ -91,17 +92,6 @@ def is_model_checkpoint(directory: str | Path) -> bool:
     return is_params_dir(directory, KIND)
 
 
-def check_model_matches(cfg: ModelConfig, stored: ModelConfig, source: str | Path) -> None:
-    """Raises ``ConfigError`` naming every architecture field that differs."""
-    wrong = [
-        f"model.{f.name}={getattr(cfg, f.name)} but {source} has {getattr(stored, f.name)}"
-        for f in dataclasses.fields(ModelConfig)
-        if getattr(cfg, f.name) != getattr(stored, f.name)
-    ]
-    if wrong:
-        raise ConfigError("config does not match the checkpoint: " + "; ".join(wrong))
-
-
 def load_init_params(path: str | Path, cfg: Config, mesh: Mesh) -> nnx.State:
     """``train.init_from``: a model checkpoint (or run directory, or one step of a run), or
     an HF Qwen3 directory (extended as in docs/model.md, Vocabulary). Returns the params sharded on ``mesh``."""
@@ -144,6 +134,7 @@ class ParamsSource:
             self.config, self.step = self._config(info.config, path), int(info.meta.get("step", 0))
             self.run_checkpoints = None
             self._item, self._prefix = path / "params", ()
+            integrity.check_intact(self._item, "model checkpoint")
             self.codec_dir = path / "codec" if (path / "codec").is_dir() else None
             self.encoder_dir = path / "audio_encoder" if (path / "audio_encoder").is_dir() else None
             self._read_metadata()
@@ -153,10 +144,12 @@ class ParamsSource:
             directory = epath.Path(self.config.train.checkpoint_dir or path / "checkpoints")
             self.step = self._run_step(directory, step)
             step_dir = directory / str(self.step)
+            integrity.check_intact(step_dir, f"checkpoint step {self.step}")
         elif (path / "state").is_dir() and (path / "meta").is_dir():  # one step of a run
             if step is not None:
                 raise CheckpointError(f"--step applies to run directories; {path} is one step of a run")
-            meta = json.loads((path / "meta" / "metadata").read_text())
+            integrity.check_intact(path, "checkpoint step")
+            meta = read_json_file(path / "meta" / "metadata", "the step's metadata", CheckpointError)
             self.config, self.step, step_dir = self._config(meta["config"], path / "meta"), meta["step"], path
             directory = epath.Path(path.parent)
         else:

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from bagpiper_jax.checkpoint import integrity
 from bagpiper_jax.checkpoint.errors import CheckpointError
 from bagpiper_jax.config import read_json_file
 
@@ -52,6 +53,8 @@ def save_params(directory: str | Path, params: Any, kind: str, config: dict, **m
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(directory / "params", params, force=True)
         ckptr.wait_until_finished()
+    if jax.process_index() == 0:
+        integrity.seal(directory / "params")
     return write_info(directory, kind, config, **meta)
 
 
@@ -117,11 +120,12 @@ def load_params(directory: str | Path, target: Any = None) -> Any:
     directory = Path(directory).absolute()
     if not (directory / "params").is_dir():
         raise CheckpointError(f"{directory / 'params'} missing: {directory} is not a params directory")
+    integrity.check_intact(directory / "params", "params directory")
     with ocp.StandardCheckpointer() as ckptr:
         if target is None:
             meta = ckptr.metadata(directory / "params")
             tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
-            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
         try:
             return ckptr.restore(directory / "params", target)

@@ -188,22 +188,52 @@ SAFETENSORS_DTYPES = {
 
 
 def _safetensors_header(f: Path) -> tuple[dict, int]:
-    """(tensor entries, byte offset of the data section) of a safetensors file."""
+    """(tensor entries, byte offset of the data section) of a safetensors file, each entry
+    checked: a known dtype, a shape whose bytes equal its offsets' span, inside the file."""
     try:
+        size = f.stat().st_size
         with open(f, "rb") as h:
             (n,) = struct.unpack("<Q", h.read(8))
+            if n > size - 8:
+                raise CheckpointError(f"{f}: header length {n} runs past the end of the {size}-byte file")
             header = json.loads(h.read(n))
     except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{f} is not a readable safetensors file: {e}") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{f}: the header is not a JSON object")
     header.pop("__metadata__", None)
+    data_size = size - 8 - n
+    for name, entry in header.items():
+        _check_entry(f, name, entry, data_size)
     return header, 8 + n
+
+
+def _check_entry(f: Path, name: str, entry, data_size: int) -> None:
+    """Raises :class:`CheckpointError` naming the tensor when its header entry is unusable."""
+    try:
+        dtype, shape, (start, end) = entry["dtype"], list(entry["shape"]), entry["data_offsets"]
+        ok = all(isinstance(d, int) and d >= 0 for d in [*shape, start, end])
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{f}: tensor {name!r} has a malformed header entry {entry!r}")
+    if dtype not in SAFETENSORS_DTYPES:
+        raise CheckpointError(f"{f}: tensor {name!r} has unsupported dtype {dtype}")
+    if not start <= end <= data_size:
+        raise CheckpointError(
+            f"{f}: tensor {name!r} has data offsets [{start}, {end}) outside the {data_size}-byte data section"
+        )
+    expected = np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize * int(np.prod(shape, dtype=np.int64))
+    if end - start != expected:
+        raise CheckpointError(
+            f"{f}: tensor {name!r} of shape {tuple(shape)} {dtype} needs {expected} bytes, "
+            f"its offsets span {end - start}"
+        )
 
 
 def _map_safetensor(f: Path, name: str, header: dict, data_start: int) -> np.ndarray:
     """One tensor as a read-only memory map."""
-    entry = header[name]
-    if entry["dtype"] not in SAFETENSORS_DTYPES:
-        raise CheckpointError(f"tensor {name!r} in {f} has unsupported dtype {entry['dtype']}")
+    entry = header[name]  # checked by _safetensors_header
     dtype = np.dtype(SAFETENSORS_DTYPES[entry["dtype"]])
     start, end = entry["data_offsets"]
     if end == start:

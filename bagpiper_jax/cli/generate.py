@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=0, help="use the first N devices (default: all)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key.path=value")
     add_common_flags(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if not args.audio and not args.text:
         parser.error("give --audio (caption/answer) and/or --text (audio generation)")
     if args.question and not args.audio:

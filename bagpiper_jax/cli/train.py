@@ -11,14 +11,16 @@ import logging
 from bagpiper_jax.cli.command import add_common_flags, run
 from bagpiper_jax.config import load_config
 from bagpiper_jax.data.demo import ensure_demo_prepared
+from bagpiper_jax.train.preemption import sigterm_requests_stop
 from bagpiper_jax.train.trainer import train
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    if cfg.data.demo:
-        ensure_demo_prepared(cfg)
-    summary = train(cfg, progress=not args.no_progress)
+    with sigterm_requests_stop():  # from start-up on: the trainer sees a SIGTERM sent while the demo is built
+        cfg = load_config(args.config, args.overrides)
+        if cfg.data.demo:
+            ensure_demo_prepared(cfg)
+        summary = train(cfg, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, list)}), flush=True)
     return 0
 
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs and JSON only)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key.path=value")
     add_common_flags(parser)
-    return run(parser.prog, parser.parse_args(argv), _train, level=logging.INFO)
+    return run(parser.prog, parser.parse_intermixed_args(argv), _train, level=logging.INFO)
 
 
 if __name__ == "__main__":

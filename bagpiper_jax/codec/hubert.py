@@ -32,6 +32,12 @@ class MaskedGroupNorm(nnx.Module):
         count = lengths.astype(x.dtype)[:, None, None]
         mean = jnp.where(valid, x, 0).sum(1, keepdims=True) / count
         var = jnp.where(valid, jnp.square(x - mean), 0).sum(1, keepdims=True) / count
+        return self.normalize(x, (mean, var))
+
+    def normalize(self, x: jax.Array, stats: tuple[jax.Array, jax.Array]) -> jax.Array:
+        """``x`` normalised with given per-channel statistics ``(mean, var)`` (``[B, 1, C]``
+        each): the statistics of a whole clip applied to one window of it."""
+        mean, var = stats
         return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.weight[...] + self.bias[...]
 
 
@@ -50,10 +56,10 @@ class FeatureConvLayer(nnx.Module):
         )
         self.layer_norm = MaskedGroupNorm(cfg.conv_dim[layer_id]) if layer_id == 0 else None
 
-    def __call__(self, x: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, lengths: jax.Array, norm_stats=None) -> tuple[jax.Array, jax.Array]:
         x, lengths = self.conv(x), self.conv.out_length(lengths)
         if self.layer_norm is not None:
-            x = self.layer_norm(x, lengths)
+            x = self.layer_norm(x, lengths) if norm_stats is None else self.layer_norm.normalize(x, norm_stats)
         return gelu(x), lengths
 
 
@@ -63,11 +69,13 @@ class FeatureEncoder(nnx.Module):
     def __init__(self, cfg: HubertConfig, *, rngs: nnx.Rngs):
         self.conv_layers = nnx.List([FeatureConvLayer(cfg, i, rngs=rngs) for i in range(len(cfg.conv_dim))])
 
-    def __call__(self, wav: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``wav [B, samples]`` -> features ``[B, frames, conv_dim[-1]]`` and frame lengths."""
+    def __call__(self, wav: jax.Array, lengths: jax.Array, norm_stats=None) -> tuple[jax.Array, jax.Array]:
+        """``wav [B, samples]`` -> features ``[B, frames, conv_dim[-1]]`` and frame lengths.
+        ``norm_stats``: the first layer's GroupNorm ``(mean, var)`` to use instead of the
+        statistics of ``wav`` (a window of a longer clip)."""
         x = wav[..., None]
         for layer in self.conv_layers:
-            x, lengths = layer(x, lengths)
+            x, lengths = layer(x, lengths, norm_stats)
         return x, lengths
 
 
@@ -128,17 +136,22 @@ class Attention(nnx.Module):
         self.q_proj, self.k_proj = Linear(h, h, rngs=rngs), Linear(h, h, rngs=rngs)
         self.v_proj, self.out_proj = Linear(h, h, rngs=rngs), Linear(h, h, rngs=rngs)
 
-    def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
-        """Bidirectional attention over each clip's first ``lengths`` frames: ``[B, T, H]``."""
-        b, t, h = x.shape
-        split = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)  # noqa: E731
+    def _heads(self, y: jax.Array) -> jax.Array:
+        return y.reshape(*y.shape[:2], self.num_heads, y.shape[-1] // self.num_heads)
+
+    def keys_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Keys and values ``[B, T, heads, head_dim]`` of the frames ``x [B, T, H]``."""
+        return self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+
+    def __call__(self, x: jax.Array, lengths: jax.Array, keys_values=None) -> jax.Array:
+        """Bidirectional attention over each clip's first ``lengths`` frames: ``[B, T, H]``.
+        ``keys_values``: those of the frames attended to (default: ``x``'s); with them, ``x``
+        may be a block of query frames ``[B, Q, H]``."""
+        k, v = self.keys_values(x) if keys_values is None else keys_values
         out = jax.nn.dot_product_attention(
-            split(self.q_proj(x)),
-            split(self.k_proj(x)),
-            split(self.v_proj(x)),
-            key_value_seq_lengths=lengths.astype(jnp.int32),
+            self._heads(self.q_proj(x)), k, v, key_value_seq_lengths=lengths.astype(jnp.int32)
         )
-        return self.out_proj(out.reshape(b, t, h))
+        return self.out_proj(out.reshape(x.shape))
 
 
 class FeedForward(nnx.Module):
@@ -161,8 +174,22 @@ class EncoderLayer(nnx.Module):
         self.feed_forward = FeedForward(cfg, rngs=rngs)
         self.final_layer_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)
 
-    def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
-        x = self.layer_norm(x + self.attention(x, lengths))
+    def __call__(self, x: jax.Array, lengths: jax.Array, query_block: int = 0) -> jax.Array:
+        """``[B, T, H] -> [B, T, H]``. ``query_block > 0`` computes the layer for that many
+        query frames at a time (``T`` a multiple of it) against all keys: memory linear in
+        ``T``, the same values."""
+        if not query_block or query_block >= x.shape[1]:
+            return self._rows(x, lengths, None)
+        keys_values = self.attention.keys_values(x)
+
+        def block(i, x):  # block i reads only its own rows of x (keys and values are made): in place
+            rows = self._rows(jax.lax.dynamic_slice_in_dim(x, i * query_block, query_block, 1), lengths, keys_values)
+            return jax.lax.dynamic_update_slice_in_dim(x, rows, i * query_block, 1)
+
+        return jax.lax.fori_loop(0, x.shape[1] // query_block, block, x)
+
+    def _rows(self, x: jax.Array, lengths: jax.Array, keys_values) -> jax.Array:
+        x = self.layer_norm(x + self.attention(x, lengths, keys_values))
         return self.final_layer_norm(x + self.feed_forward(x))
 
 
@@ -174,15 +201,24 @@ class Encoder(nnx.Module):
         self.layer_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)
         self.layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
 
-    def __call__(self, x: jax.Array, lengths: jax.Array) -> list[jax.Array]:
-        """All ``num_hidden_layers + 1`` hidden states ``[B, T, H]``: the post-LN encoder
-        input, then each layer's output (HF ``output_hidden_states``)."""
-        x = self.layer_norm(x + self.pos_conv_embed(x, lengths))
-        states = [x]
+    def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
+        """The mean ``[B, T, H]`` of the ``num_hidden_layers + 1`` hidden states (the post-LN
+        encoder input, then each layer's output; HF ``output_hidden_states``): XCodec's
+        semantic features, summed as they come (one state held at a time)."""
+        x = self.embed(x, lengths)
+        total = x
         for layer in self.layers:
             x = layer(x, lengths)
-            states.append(x)
-        return states
+            total = total + x
+        return self.mean(total)
+
+    def embed(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
+        """The first hidden state: projected features plus the positional conv, LayerNorm."""
+        return self.layer_norm(x + self.pos_conv_embed(x, lengths))
+
+    def mean(self, total: jax.Array) -> jax.Array:
+        """The sum of all hidden states -> their mean."""
+        return total / (len(self.layers) + 1)
 
 
 class HubertModel(nnx.Module):
@@ -195,14 +231,8 @@ class HubertModel(nnx.Module):
         self.encoder = Encoder(cfg, rngs=rngs)
         self.masked_spec_embed = param(jax.random.uniform(rngs.params(), (cfg.hidden_size,)), (CHANNELS,))
 
-    def hidden_states(self, wav: jax.Array, lengths: jax.Array) -> tuple[list[jax.Array], jax.Array]:
-        """``wav [B, samples]`` (zero past ``lengths [B]``) -> the ``layers + 1`` hidden states
-        ``[B, frames, hidden]`` and the valid frame count of each clip ``[B]``."""
-        features, frames = self.feature_extractor(time_mask(wav, lengths), lengths)
-        return self.encoder(self.feature_projection(features), frames), frames
-
     def __call__(self, wav: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Mean of all hidden states ``[B, frames, hidden]`` (XCodec's semantic features)
         and the frame counts ``[B]``."""
-        states, frames = self.hidden_states(wav, lengths)
-        return jnp.stack(states, 0).mean(0), frames
+        features, frames = self.feature_extractor(time_mask(wav, lengths), lengths)
+        return self.encoder(self.feature_projection(features), frames), frames

@@ -4,7 +4,9 @@ optionally data-parallel over a device mesh.
 Clips are grouped by bucket (a padded length of the form ``m * 2**e`` hops with ``m`` in
 [8, 16), so at most ~12.5% padding and a logarithmic number of compiled shapes), padded
 to ``batch_size`` rows and encoded in one jitted call per group. Results are identical to
-encoding each clip alone (``XCodec.encode`` neutralises padding layer by layer).
+encoding each clip alone (``XCodec.encode`` neutralises padding layer by layer). Clips
+longer than ``long_clip_frames`` are encoded one at a time in bounded memory, with the
+same codes (:class:`~bagpiper_jax.codec.long_audio.LongClipEncoder`).
 
     tok = XCodecTokenizer(load_codec("codec_params/"))   # bagpiper_jax.checkpoint.frozen_modules
     codes = tok.encode([wav_a, wav_b])        # list of int32 [frames_i, 8]
@@ -21,18 +23,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from bagpiper_jax.codec.buckets import bucket_frames
 from bagpiper_jax.codec.config import XCodecConfig
+from bagpiper_jax.codec.long_audio import LongClipEncoder
 from bagpiper_jax.codec.xcodec import XCodec
-from bagpiper_jax.sharding import Rules, logical_to_spec, state_shardings
+from bagpiper_jax.sharding import Rules, batch_shards, logical_to_spec, state_shardings
 
 BATCH = "activation_batch"
-
-
-def bucket_frames(frames: int, min_frames: int = 8) -> int:
-    """Smallest ``m * 2**e >= frames`` with ``m`` in [8, 16) (and ``>= min_frames``)."""
-    frames = max(frames, min_frames)
-    e = max(0, frames.bit_length() - 4)
-    return -(-frames // 2**e) * 2**e
 
 
 def check_codes(codes: np.ndarray, cfg: XCodecConfig, name: str = "codes", num_quantizers: int | None = None):
@@ -60,6 +57,8 @@ class XCodecTokenizer:
       precision: matmul/conv precision inside the jitted calls. ``"highest"`` (default)
         keeps fp32 accuracy on GPU/TPU too, so codes match the fp32 reference;
         ``"default"`` is faster there (TF32 / bf16 passes) but may change codes.
+      long_clip_frames: clips of more frames (default 30 s) are encoded alone, in windows
+        of ``window_frames`` frames, on the first device.
     """
 
     def __init__(
@@ -69,15 +68,19 @@ class XCodecTokenizer:
         mesh: Mesh | None = None,
         rules: Rules = (),
         precision: str = "highest",
+        long_clip_frames: int = 1500,
+        window_frames: int = 256,
     ):
         self.cfg = model.cfg
         self.batch_size = batch_size
+        self.long_clip_frames = long_clip_frames
+        self._long = LongClipEncoder(model, window_frames, precision)  # before the state is put on the mesh
         graphdef, state = nnx.split(model)
         if mesh is None:
             batch_sharding = state_sharding = None
         else:
             spec = logical_to_spec((BATCH,), rules)
-            shards = int(np.prod([mesh.shape[a] for a in jax.tree.leaves(tuple(spec))]))
+            shards = batch_shards(mesh, rules)
             if batch_size % shards:
                 raise ValueError(f"batch_size {batch_size} is not a multiple of the {shards} batch shards of the mesh")
             batch_sharding = NamedSharding(mesh, spec)
@@ -143,7 +146,14 @@ class XCodecTokenizer:
                 raise ValueError(f"clip {i} has NaN or infinite samples")
         hop = self.hop_length
         out: list[np.ndarray | None] = [None] * len(wavs)
-        for bucket, idx in self._groups([-(-w.shape[0] // hop) for w in wavs]):
+        short = []
+        for i, w in enumerate(wavs):
+            if self.cfg.num_frames(w.shape[0]) > self.long_clip_frames:
+                out[i] = self._long.encode(w, num_q)
+            else:
+                short.append(i)
+        for bucket, group in self._groups([-(-wavs[i].shape[0] // hop) for i in short]):
+            idx = [short[j] for j in group]
             rows = [wavs[i] for i in idx]
             wav, lengths = self._rows(rows, [r.shape[0] for r in rows], bucket * hop, np.float32)
             codes, frames = self._encode(self._state, *self._put(wav, lengths), num_q)

@@ -61,8 +61,12 @@ class XCodec(nnx.Module):
           and the frame count of each clip ``[batch]``.
         """
         embeddings, frames = self.latents(wav, lengths)
-        codes = self.quantizer.encode(embeddings, num_quantizers)
-        return time_mask(codes + 1, frames) - 1, frames
+        return self.quantize(embeddings, frames, num_quantizers), frames
+
+    def quantize(self, latents: jax.Array, frames: jax.Array, num_quantizers: int) -> jax.Array:
+        """Latents ``[batch, T, codebook_dim]`` -> codes ``[batch, T, num_quantizers]``
+        (``-1`` past each clip's ``frames``)."""
+        return time_mask(self.quantizer.encode(latents, num_quantizers) + 1, frames) - 1
 
     def latents(self, wav: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The quantizer's input ``[batch, frames, codebook_dim]`` (semantic + acoustic
@@ -72,18 +76,26 @@ class XCodec(nnx.Module):
         semantic_wav = jnp.pad(wav, ((0, 0), (self.pad, self.pad)))
         features, frames = self.semantic_model(semantic_wav, lengths + 2 * self.pad)
         e_semantic = self.encoder_semantic(features, frames)
-        # HF pads the acoustic input by half a hop on each side when the DAC frame count
-        # of the bare clip differs from the semantic one; here per clip, by shifting it.
-        shift = jnp.where(self.acoustic_encoder.out_length(lengths) != frames, self.pad, 0)
+        shift = self.acoustic_shift(lengths, frames)
         acoustic_wav = jax.vmap(jnp.roll)(jnp.pad(wav, ((0, 0), (0, 2 * self.pad))), shift)
         e_acoustic, _ = self.acoustic_encoder(acoustic_wav, lengths + 2 * shift)
+        return self.fuse(e_acoustic, e_semantic), frames
+
+    def acoustic_shift(self, lengths, frames):
+        """Samples of zeros before each clip's acoustic input: HF pads it by half a hop on
+        each side when the DAC frame count of the bare clip differs from the semantic one
+        (ints or integer arrays)."""
+        return jnp.where(self.acoustic_encoder.out_length(lengths) != frames, self.pad, 0)
+
+    def fuse(self, e_acoustic: jax.Array, e_semantic: jax.Array) -> jax.Array:
+        """Acoustic ``[B, >= T, 256]`` and semantic ``[B, T, 768]`` latents -> the quantizer's
+        input ``[B, T, codebook_dim]``."""
         num = e_semantic.shape[1]
         if e_acoustic.shape[1] < num:
             raise ValueError(
-                f"acoustic encoder gives {e_acoustic.shape[1]} frames for {wav.shape[1]} samples, "
-                f"fewer than the {num} semantic frames"
+                f"acoustic encoder gives {e_acoustic.shape[1]} frames, fewer than the {num} semantic frames"
             )
-        return self.fc(jnp.concatenate([e_acoustic[:, :num], e_semantic], axis=-1)), frames
+        return self.fc(jnp.concatenate([e_acoustic[:, :num], e_semantic], axis=-1))
 
     def quantized(self, codes: jax.Array, frames: jax.Array) -> jax.Array:
         """Codes ``[batch, frames, n]`` (only the first ``frames [batch]`` of each clip are

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 from pathlib import Path
 
 import jax
@@ -48,7 +47,7 @@ from bagpiper_jax.data.records import PreparedExample, PreparedMessage
 from bagpiper_jax.data.template import template
 from bagpiper_jax.errors import BagpiperError
 from bagpiper_jax.model.batch import Batch
-from bagpiper_jax.sharding import logical_to_spec, make_mesh
+from bagpiper_jax.sharding import batch_shards, logical_to_spec, make_mesh
 from bagpiper_jax.vocab import Vocab
 
 DTYPES = ("float32", "bfloat16")
@@ -186,8 +185,7 @@ def our_logits(source: ParamsSource, row: CheckRow, dtype: str) -> tuple[np.ndar
     cfg = dataclasses.replace(source.config, runtime=runtime)
     mesh = make_mesh(cfg.mesh)
     graphdef, state = source.restore(cfg, mesh)
-    spec = logical_to_spec(("activation_batch",), cfg.mesh.rules)
-    rows = math.prod(mesh.shape[a] for a in jax.tree.leaves(tuple(spec)))  # the row repeated per batch shard
+    rows = batch_shards(mesh, cfg.mesh.rules)  # the row repeated per batch shard
     frames = len(row.ids)
     segment_ids = np.zeros(frames, np.int32)
     positions = np.zeros(frames, np.int32)

@@ -136,6 +136,8 @@ def _dialogue(entry: dict, where: str, root) -> list[Message]:
         messages.append(
             Message(role, modality, _audio(content, "c", at, root) if modality == "audio" else _text(content, "c", at))
         )
+    if not any(m.role == "assistant" for m in messages):
+        raise ManifestError(f"{where}: the dialogue has no assistant turn (nothing to learn)", "no assistant turn")
     return messages
 
 

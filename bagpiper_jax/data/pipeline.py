@@ -42,6 +42,7 @@ from bagpiper_jax.audio_encoder.pieces import MelPieces
 from bagpiper_jax.audio_io import AudioError
 from bagpiper_jax.config import DataConfig, SourceConfig
 from bagpiper_jax.data.packing import first_fit_pack
+from bagpiper_jax.data.provenance import check_prepared, vocab_fields
 from bagpiper_jax.data.records import RecordError, decode_record
 from bagpiper_jax.data.shards import DataError, PreparedIndex, read_index
 from bagpiper_jax.data.template import TemplateError, TokensFor, guidance_candidates, template
@@ -58,10 +59,13 @@ class SourceSlice:
     """The records of one source that one input shard reads (a Grain random-access source).
 
     Records are addressed by (file, record) over the shards this input shard reads; readers
-    open lazily, one per file, and are not pickled (worker processes open their own).
+    open lazily, one per file, and are not pickled (worker processes open their own). A
+    file that holds fewer records than its index entry, or cannot be read, is a
+    :class:`DataError` naming it.
     """
 
     files: list[str]
+    counts: list[int]  # records each file holds, by the index
     file_index: np.ndarray  # int32 [records]: which file holds each kept record
     record_index: np.ndarray  # int32 [records]: the record's position in its file
     truncate: np.ndarray  # bool [records]: cut to the row length
@@ -73,11 +77,28 @@ class SourceSlice:
     def __len__(self) -> int:
         return len(self.file_index)
 
-    def __getitem__(self, i: int) -> tuple[bytes, bool]:
-        f = int(self.file_index[i])
+    def _reader(self, f: int) -> ArrayRecordReader:
         if f not in self._readers:
-            self._readers[f] = ArrayRecordReader(self.files[f])
-        return self._readers[f].read([int(self.record_index[i])])[0], bool(self.truncate[i])
+            try:
+                reader = ArrayRecordReader(self.files[f])
+                found = reader.num_records()
+            except (OSError, RuntimeError, ValueError) as e:
+                raise DataError(f"shard {self.files[f]} cannot be opened: {e}") from e
+            if found != self.counts[f]:
+                raise DataError(
+                    f"shard {self.files[f]} holds {found} records, its index lists {self.counts[f]}: the file is "
+                    f"truncated or replaced; prepare it again (delete units/unit-<n>.json of shard-<n>-*, re-run "
+                    f"bagpiper-prepare)"
+                )
+            self._readers[f] = reader
+        return self._readers[f]
+
+    def __getitem__(self, i: int) -> tuple[bytes, bool]:
+        f, r = int(self.file_index[i]), int(self.record_index[i])
+        try:
+            return self._reader(f).read([r])[0], bool(self.truncate[i])
+        except (OSError, RuntimeError) as e:
+            raise DataError(f"shard {self.files[f]} record {r} cannot be read: {e}") from e
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_readers"}
@@ -130,7 +151,8 @@ def select_records(index: PreparedIndex, cfg: DataConfig, shard_index: int, shar
         "truncated": int(np.sum(unique & truncate & audio_fits)),
     }
     files = [str(index.records_path(index.shards[j])) for j in mine]
-    return SourceSlice(files, file_index[keep], record_index[keep], truncate[keep], report)
+    counts = [index.shards[j].count for j in mine]
+    return SourceSlice(files, counts, file_index[keep], record_index[keep], truncate[keep], report)
 
 
 class EpochShuffle(grain.MapDataset):
@@ -296,7 +318,9 @@ def _source_dataset(
     shard_count: int,
     epochs: int | None,
 ) -> tuple[grain.MapDataset, dict]:
-    records = select_records(read_index(source.prepared), cfg, shard_index, shard_count)
+    index = read_index(source.prepared)
+    check_prepared(index, vocab_fields(templater.vocab), "the pipeline's vocabulary")
+    records = select_records(index, cfg, shard_index, shard_count)
     if not len(records):
         raise DataError(
             f"input shard {shard_index} of {shard_count} has no records in {source.prepared} (source "

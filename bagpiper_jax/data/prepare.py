@@ -19,7 +19,6 @@ only, or a repeated id is skipped and listed with its reason in ``report.json``.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -31,20 +30,10 @@ from bagpiper_jax.audio_io import SAMPLE_RATE
 from bagpiper_jax.config import Config
 from bagpiper_jax.data.duplicates import find_duplicates
 from bagpiper_jax.data.manifest import ManifestError, WorkUnit, manifest_parts, plan_units, read_unit
-from bagpiper_jax.data.preparer import Preparer
-from bagpiper_jax.data.shards import ShardEntry, write_index, write_shard
-
-
-def config_hash(cfg: Config) -> str:
-    """Hash of everything that changes prepared records."""
-    relevant = {
-        "vocab": {k: getattr(cfg.model, k) for k in ("num_special", "text_vocab_size", "num_streams", "codebook_size")},
-        "tokenizer": cfg.assets.tokenizer,
-        "codec": cfg.assets.codec,
-        "max_audio_seconds": cfg.data.max_audio_seconds,
-        "row_frames": cfg.data.row_frames,
-    }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+from bagpiper_jax.data.preparer import Preparer, require_assets
+from bagpiper_jax.data.provenance import binding, check_rerun, config_hash, records_config, write_binding
+from bagpiper_jax.data.shards import ShardEntry, remove_prepared, temporary_path, write_index, write_shard
+from bagpiper_jax.locks import DirectoryLock
 
 
 def _unit_path(out_dir: Path, unit: WorkUnit) -> Path:
@@ -124,8 +113,8 @@ def prepare_unit(preparer: Preparer, unit: WorkUnit, out_dir: Path, progress: _P
         "skipped": skipped,
     }
     path = _unit_path(out_dir, unit)
-    path.with_name(f".{path.name}.tmp").write_text(json.dumps(body))
-    path.with_name(f".{path.name}.tmp").replace(path)
+    temporary_path(path).write_text(json.dumps(body))
+    temporary_path(path).replace(path)
     return body
 
 
@@ -140,7 +129,8 @@ def assemble_index(cfg: Config, out_dir: Path, units: list[WorkUnit]) -> dict:
     shards = [ShardEntry(*entry) for body in bodies for entry in body["shards"]]
     duplicates, duplicate_reports = find_duplicates(out_dir, shards)
     skipped = [s for body in bodies for s in body["skipped"]] + duplicate_reports
-    index = write_index(out_dir, shards, config_hash(cfg), cfg.data.piece_frames, len(skipped), duplicates)
+    records = records_config(cfg)
+    index = write_index(out_dir, shards, config_hash(records), cfg.data.piece_frames, len(skipped), duplicates, records)
     report = {
         "prepared": index["examples"],
         "skipped": len(skipped),
@@ -160,20 +150,41 @@ def prepare_manifest(
     process_index: int = 0,
     process_count: int = 1,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict | None:
     """Prepares this process's work units; process 0 assembles the index once all are there
-    (after a barrier when there are several processes). Returns the report there."""
+    (after a barrier when there are several processes). Returns the report there.
+
+    ``out_dir`` is bound to its inputs (:mod:`~bagpiper_jax.data.provenance`): a re-run
+    with the same ones continues where the last stopped, other inputs are refused unless
+    ``overwrite`` (which empties the directory of a previous preparation first). One
+    process per process index prepares into a directory at a time (a lock)."""
     out_dir = Path(out_dir)
-    (out_dir / "units").mkdir(parents=True, exist_ok=True)
-    units = plan_units(manifest_parts(manifest), cfg.data.manifest_chunk_bytes)
-    mine = [u for u in units if u.index % process_count == process_index and not _unit_path(out_dir, u).is_file()]
-    preparer = Preparer(cfg) if mine else None
-    bar = _Progress(progress)
-    for unit in mine:
-        prepare_unit(preparer, unit, out_dir, bar)
-    bar.bar.close()
-    if process_count > 1:
-        multihost_utils.sync_global_devices("bagpiper-prepare")
-    if process_index == 0:
-        return assemble_index(cfg, out_dir, units)
+    require_assets(cfg)
+    parts = manifest_parts(manifest)
+    bound = binding(cfg, parts)
+    with DirectoryLock(out_dir, f"prepare-{process_index}", "bagpiper-prepare output"):
+        if not overwrite:
+            check_rerun(out_dir, bound)
+        _barrier(process_count, "bagpiper-prepare-checked")  # every process has read the old binding
+        if overwrite and process_index == 0:
+            remove_prepared(out_dir)
+        _barrier(process_count, "bagpiper-prepare-cleared")
+        write_binding(out_dir, bound)  # by every process: the same bytes, written atomically
+        (out_dir / "units").mkdir(parents=True, exist_ok=True)
+        units = plan_units(parts, cfg.data.manifest_chunk_bytes)
+        mine = [u for u in units if u.index % process_count == process_index and not _unit_path(out_dir, u).is_file()]
+        preparer = Preparer(cfg) if mine else None
+        bar = _Progress(progress)
+        for unit in mine:
+            prepare_unit(preparer, unit, out_dir, bar)
+        bar.bar.close()
+        _barrier(process_count, "bagpiper-prepare")
+        if process_index == 0:
+            return assemble_index(cfg, out_dir, units)
     return None
+
+
+def _barrier(process_count: int, name: str) -> None:
+    if process_count > 1:
+        multihost_utils.sync_global_devices(name)

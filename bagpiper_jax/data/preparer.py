@@ -39,16 +39,21 @@ class Skip(BagpiperError):
         self.kind = kind
 
 
+def require_assets(cfg: Config) -> None:
+    """Raises ``ConfigError`` unless the tokenizer and codec a preparation needs are named."""
+    if not cfg.assets.tokenizer:
+        raise ConfigError("assets.tokenizer must name a tokenizer.json (or its directory)")
+    if not cfg.assets.codec:
+        raise ConfigError("assets.codec must name a converted XCodec params directory")
+
+
 class Preparer:
     """Turns manifest examples into prepared records (text tokens, codec codes, FLAC audio)."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.vocab = Vocab.from_config(cfg.model)
-        if not cfg.assets.tokenizer:
-            raise ConfigError("assets.tokenizer must name a tokenizer.json (or its directory)")
-        if not cfg.assets.codec:
-            raise ConfigError("assets.codec must name a converted XCodec params directory")
+        require_assets(cfg)
         self.tokenizer = TextTokenizer(cfg.assets.tokenizer)
         self.tokenizer.check_fits(cfg.model.text_vocab_size)
         # Codec batches split over this host's devices (data-parallel; the codec replicated).
@@ -70,38 +75,23 @@ class Preparer:
         self.tokens_for = tower.tokens
 
     def prepare(self, examples: list[Example]) -> tuple[list[PreparedExample], list[tuple[str, str, str]]]:
-        """Prepared examples (manifest order) and ``(id, kind, reason)`` per skipped one."""
+        """Prepared examples (manifest order) and ``(id, kind, reason)`` per skipped one.
+
+        An example that cannot fit a row (and is not text only) is known from its audio
+        lengths and skipped before the codec spends anything on it."""
         skipped, staged, to_encode = [], [], []
         for ex in examples:
             try:
-                messages = []
-                for m in ex.messages:
-                    if m.modality == "text":
-                        tokens = self.tokenizer.encode(m.content)
-                        if not len(tokens):
-                            raise Skip(f"text {m.content!r} has no tokens", "empty text")
-                        messages.append(PreparedMessage(m.role, m.modality, "text", tokens))
-                        continue
-                    wav = load_audio(m.content)
-                    if len(wav) < self.codec.hop_length:
-                        raise Skip(
-                            f"audio file {m.content} is shorter than one codec frame "
-                            f"({self.codec.hop_length} samples at 16 kHz)",
-                            "too short audio",
-                        )
-                    if m.role == "assistant":
-                        to_encode.append((len(staged), len(messages), wav[: self.max_samples]))
-                        messages.append(PreparedMessage(m.role, m.modality, "codes", np.zeros((0, 0))))
-                    else:
-                        wav = wav[: self.max_samples]  # user audio: FLAC, log-mel computed where it is used
-                        messages.append(
-                            PreparedMessage(
-                                m.role, m.modality, "flac", np.frombuffer(encode_flac(wav), np.uint8), samples=len(wav)
-                            )
-                        )
-                staged.append((ex, messages))
+                messages, clips = self._stage(ex)
             except (AudioError, Skip) as e:
                 skipped.append((ex.id, e.kind, str(e)))
+                continue
+            frames = example_frames(PreparedExample(ex.id, ex.task, 0, tuple(messages)), self.vocab, self.tokens_for)
+            if frames > self.cfg.data.row_frames and not all(m.kind == "text" for m in messages):
+                skipped.append((ex.id, "over-long", f"{frames} frames > data.row_frames={self.cfg.data.row_frames}"))
+                continue
+            to_encode += [(len(staged), j, wav) for j, wav in clips]
+            staged.append((ex, messages))
         codes = self.codec.encode([w for _, _, w in to_encode]) if to_encode else []
         for (i, j, _), c in zip(to_encode, codes):
             m = staged[i][1][j]
@@ -109,10 +99,38 @@ class Preparer:
         out = []
         for ex, messages in staged:
             prepared = PreparedExample(ex.id, ex.task, 0, tuple(messages))
-            frames = example_frames(prepared, self.vocab, self.tokens_for)
-            text_only = all(m.kind == "text" for m in messages)
-            if frames > self.cfg.data.row_frames and not text_only:
-                skipped.append((ex.id, "over-long", f"{frames} frames > data.row_frames={self.cfg.data.row_frames}"))
-                continue
-            out.append(PreparedExample(ex.id, ex.task, frames, tuple(messages)))
+            out.append(
+                PreparedExample(
+                    ex.id, ex.task, example_frames(prepared, self.vocab, self.tokens_for), prepared.messages
+                )
+            )
         return out, skipped
+
+    def _stage(self, ex: Example) -> tuple[list[PreparedMessage], list[tuple[int, np.ndarray]]]:
+        """An example's messages, assistant audio as codes of its frame count still to
+        encode, and those clips ``(message index, 16 kHz wav)``; raises :class:`Skip` /
+        ``AudioError`` for a bad input."""
+        messages, clips = [], []
+        for m in ex.messages:
+            if m.modality == "text":
+                tokens = self.tokenizer.encode(m.content)
+                if not len(tokens):
+                    raise Skip(f"text {m.content!r} has no tokens", "empty text")
+                messages.append(PreparedMessage(m.role, m.modality, "text", tokens))
+                continue
+            wav = load_audio(m.content)
+            if len(wav) < self.codec.hop_length:
+                raise Skip(
+                    f"audio file {m.content} is shorter than one codec frame "
+                    f"({self.codec.hop_length} samples at 16 kHz)",
+                    "too short audio",
+                )
+            wav = wav[: self.max_samples]
+            if m.role == "assistant":
+                clips.append((len(messages), wav))
+                frames = self.codec.cfg.num_frames(len(wav))
+                messages.append(PreparedMessage(m.role, m.modality, "codes", np.zeros((frames, 0), np.int16)))
+            else:  # user audio: FLAC, log-mel computed where it is used
+                flac = np.frombuffer(encode_flac(wav), np.uint8)
+                messages.append(PreparedMessage(m.role, m.modality, "flac", flac, samples=len(wav)))
+        return messages, clips

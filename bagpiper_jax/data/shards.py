@@ -25,6 +25,8 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import socket
 import zlib
 from pathlib import Path
 
@@ -64,6 +66,7 @@ class PreparedIndex:
     config_hash: str
     piece_frames: int
     examples: int
+    prepared_with: dict = dataclasses.field(default_factory=dict)  # data.provenance.records_config
 
     def records_path(self, shard: ShardEntry) -> Path:
         return self.directory / f"{shard.name}.array_record"
@@ -105,8 +108,14 @@ def record_meta(examples: list[PreparedExample], piece_frames: int) -> np.ndarra
     return meta
 
 
+def temporary_path(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: unique to this host and
+    process, so two writers never share a temporary file."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_path(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -131,7 +140,7 @@ def write_shard(
     meta = _npy_bytes(record_meta(examples, piece_frames))
     _write_atomic(directory / f"{name}.meta.npy", meta)
     _write_ids(directory, name, [ex.id for ex in examples], where)
-    tmp = directory / f".{name}.array_record.tmp"
+    tmp = temporary_path(directory / f"{name}.array_record")
     writer = ArrayRecordWriter(str(tmp), "group_size:1")
     for ex in examples:
         writer.write(encode_record(ex))
@@ -142,14 +151,22 @@ def write_shard(
 
 
 def write_index(
-    directory: Path, shards: list[ShardEntry], config_hash: str, piece_frames: int, skipped: int, duplicates: np.ndarray
+    directory: Path,
+    shards: list[ShardEntry],
+    config_hash: str,
+    piece_frames: int,
+    skipped: int,
+    duplicates: np.ndarray,
+    prepared_with: dict | None = None,
 ) -> dict:
-    """Writes ``duplicates.npy`` and ``index.json``; returns the index body."""
+    """Writes ``duplicates.npy`` and ``index.json``; returns the index body. ``prepared_with``:
+    the settings the records were made with (:func:`bagpiper_jax.data.provenance.records_config`)."""
     _write_atomic(directory / "duplicates.npy", _npy_bytes(np.asarray(duplicates, np.int64)))
     body = {
         "format": FORMAT,
         "version": VERSION,
         "config_hash": config_hash,
+        "prepared_with": prepared_with or {},
         "piece_frames": piece_frames,
         "examples": sum(s.count for s in shards) - len(duplicates),
         "records": sum(s.count for s in shards),
@@ -159,6 +176,21 @@ def write_index(
     }
     _write_atomic(directory / "index.json", json.dumps(body).encode())
     return body
+
+
+def remove_prepared(directory: Path) -> None:
+    """Removes what a preparation wrote into ``directory`` (shards, their metadata, work
+    units, index, report, binding, temporary files); anything else stays."""
+    if not directory.is_dir():
+        return
+    for path in directory.iterdir():
+        name = path.name
+        prepared = name.startswith("shard-") or name in ("index.json", "report.json", "duplicates.npy")
+        prepared |= name == "preparation.json" or (name.startswith(".") and name.endswith(".tmp"))
+        if path.is_file() and prepared:
+            path.unlink()
+        elif path.is_dir() and (name == "units" or name.startswith(".duplicates-")):
+            shutil.rmtree(path)
 
 
 def read_index(directory: str | Path) -> PreparedIndex:
@@ -182,7 +214,9 @@ def read_index(directory: str | Path) -> PreparedIndex:
     if body.get("version") != VERSION:
         raise DataError(f"{path} has index version {body.get('version')}, this library reads {VERSION}")
     shards = tuple(ShardEntry(*entry) for entry in body["shards"])
-    return PreparedIndex(directory, shards, body["config_hash"], body["piece_frames"], body["examples"])
+    return PreparedIndex(
+        directory, shards, body["config_hash"], body["piece_frames"], body["examples"], body.get("prepared_with", {})
+    )
 
 
 def is_v1(directory: str | Path) -> bool:

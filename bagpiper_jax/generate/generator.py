@@ -35,7 +35,7 @@ from bagpiper_jax.generate.decode import Decoded, Prompts, decode
 from bagpiper_jax.generate.output import Segment, audio_codes, split_segments, text_tokens
 from bagpiper_jax.generate.prompts import PromptError, PromptRows, prompt_rows, templated_prompt
 from bagpiper_jax.generate.rules import DecodeRules, modality_plan
-from bagpiper_jax.sharding import logical_to_spec, make_mesh
+from bagpiper_jax.sharding import batch_shards, logical_to_spec, make_mesh
 from bagpiper_jax.vocab import Vocab
 
 CACHE_ROUND = 64  # cache slots are rounded up to this (fewer compiled shapes)
@@ -100,9 +100,8 @@ class Generator:
         self.tower = load_frozen_tower(cfg, mesh)  # as the train step holds it
         self._encode = None if self.tower is None else jax.jit(self.tower.encode)
         self._compiled = {}  # decode programs by (rules, slots, guidance, prompt shapes)
-        spec = logical_to_spec(("activation_batch",), cfg.mesh.rules)
-        self.row_multiple = math.prod(mesh.shape[a] for a in jax.tree.leaves(tuple(spec)))
-        self.batch_sharding = NamedSharding(mesh, spec)
+        self.row_multiple = batch_shards(mesh, cfg.mesh.rules)
+        self.batch_sharding = NamedSharding(mesh, logical_to_spec(("activation_batch",), cfg.mesh.rules))
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, cfg: Config, mesh: Mesh | None = None) -> Generator:

@@ -44,9 +44,11 @@ def templated_prompt(preparer: Preparer, messages, mel_bins: int, name: str = "p
     """One prompt's frames (ending in ``<|assistant|>``) and log-mel pieces (template format)."""
     if not messages:
         raise PromptError(f"{name} has no messages")
-    for role, _, _ in messages:
+    for role, modality, content in messages:
         if role == "assistant":
             raise PromptError(f"{name}: prompts hold user/system messages; the answer is generated")
+        if modality == "text" and not str(content).strip():
+            raise PromptError(f"{name}: a text message is blank")
     example = Example(name, "dialogue", tuple(Message(*m) for m in messages))
     prepared, skipped = preparer.prepare([example])
     if skipped:

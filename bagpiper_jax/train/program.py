@@ -20,7 +20,7 @@ from bagpiper_jax.audio_encoder.frozen import FrozenTower, mel_bins
 from bagpiper_jax.config import Config, ConfigError
 from bagpiper_jax.model.batch import Batch
 from bagpiper_jax.model.create import abstract_model
-from bagpiper_jax.sharding import with_shardings
+from bagpiper_jax.sharding import batch_shards, with_shardings
 from bagpiper_jax.train.optimizer import learning_rate, make_optimizer
 from bagpiper_jax.train.state import TrainState, abstract_state, train_state_shardings
 from bagpiper_jax.train.step import jit_steps, make_eval_step, make_train_step
@@ -65,6 +65,12 @@ def build_program(cfg: Config, mesh: Mesh, tower: FrozenTower | None = None) -> 
     if cfg.data.batch_rows % cfg.train.grad_accum:
         raise ConfigError(
             f"data.batch_rows={cfg.data.batch_rows} is not a multiple of train.grad_accum={cfg.train.grad_accum}"
+        )
+    shards = batch_shards(mesh, rules)
+    if cfg.data.batch_rows % shards:
+        raise ConfigError(
+            f"data.batch_rows={cfg.data.batch_rows} does not split over the {shards} batch shards of the mesh "
+            f"(mesh axes {dict(mesh.shape)}, rule activation_batch={dict(rules).get('activation_batch')})"
         )
     if tower is not None:
         tower.check_fits(cfg.model.continuous_dim, cfg.data.piece_frames)

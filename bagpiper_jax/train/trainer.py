@@ -1,8 +1,9 @@
 """The training loop behind ``bagpiper-train``.
 
-Start-up: mesh from the config; the latest checkpoint of ``run_dir`` if there is one
-(train state onto the current mesh, data-iterator state, frames seen), else the first
-state of :mod:`bagpiper_jax.train.chaining` (params from ``train.init_from`` — an HF Qwen3
+Start-up: mesh from the config; the newest intact checkpoint of ``run_dir`` whose model
+config matches (:meth:`~bagpiper_jax.checkpoint.run.RunCheckpoints.restore_latest`: train
+state onto the current mesh, data-iterator state, frames seen), else the first state of
+:mod:`bagpiper_jax.train.chaining` (params from ``train.init_from`` — an HF Qwen3
 directory, a model checkpoint or an earlier stage's run — or random; fresh optimizer for
 the ``train.trainable`` params); the train step compiled ahead of time with its
 ``memory_analysis()`` logged. Then per step: next packed batch -> global arrays -> jitted
@@ -12,8 +13,9 @@ checkpoint; every ``log_every`` steps: loss, per-stream loss/accuracy, lr, grad 
 frames/s, MFU, the step-time split and goodput (:mod:`bagpiper_jax.train.step_timing`),
 skipped steps and the trainable count to the progress bar, ``metrics.jsonl`` and
 TensorBoard. ``train.profile_steps`` traces steps with ``jax.profiler``. SIGTERM
-(preemption) saves at the current step, waits for the save to commit and returns; the
-command exits 0.
+(preemption; :mod:`~bagpiper_jax.train.preemption`), from start-up on, is answered within
+one step: the current step is saved unless it already is, the save committed, and the
+command exits 0. One trainer runs per ``run_dir`` (:mod:`~bagpiper_jax.train.run_lock`).
 """
 
 from __future__ import annotations
@@ -21,13 +23,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import signal
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from bagpiper_jax.audio_encoder.frozen import FrozenTower, mel_bins, tokens_for
@@ -35,6 +35,7 @@ from bagpiper_jax.checkpoint.frozen_modules import load_frozen_tower
 from bagpiper_jax.checkpoint.run import RunCheckpoints, checkpoint_directory
 from bagpiper_jax.config import Config
 from bagpiper_jax.data.pipeline import build_input
+from bagpiper_jax.data.provenance import check_sources
 from bagpiper_jax.data.shards import DataError
 from bagpiper_jax.model.batch import Batch, to_global_arrays
 from bagpiper_jax.model.flops import train_flops_per_frame
@@ -43,8 +44,10 @@ from bagpiper_jax.sharding import make_mesh, with_shardings
 from bagpiper_jax.train.chaining import initial_state
 from bagpiper_jax.train.metrics_log import MetricsLog
 from bagpiper_jax.train.nonfinite import NonFiniteGuard
+from bagpiper_jax.train.preemption import sigterm_requests_stop, stop_agreed
 from bagpiper_jax.train.profiling import StepProfiler
 from bagpiper_jax.train.program import build_program
+from bagpiper_jax.train.run_lock import run_directory_lock
 from bagpiper_jax.train.step import compiled_memory_gib
 from bagpiper_jax.train.step_timing import StepTimer
 from bagpiper_jax.train.trainable import tree_bytes
@@ -53,30 +56,17 @@ from bagpiper_jax.vocab import Vocab
 log = logging.getLogger(__name__)
 
 
-class Preemption:
-    """Turns SIGTERM into a flag the loop checks (agreed on by all processes)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def agreed(self) -> bool:
-        if jax.process_count() == 1:
-            return self.requested
-        return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
-
-
 def train(cfg: Config, progress: bool = True, batch_hook: Callable[[int, Batch], Batch] | None = None) -> dict:
     """Runs (or resumes) training to ``cfg.train.steps``; returns a summary dict.
 
     ``batch_hook(step, batch)``, if given, replaces each host batch before step ``step``
     uses it (a test seam, e.g. to inject a non-finite batch)."""
+    with sigterm_requests_stop(), run_directory_lock(cfg.run_dir):
+        return _train(cfg, progress, batch_hook)
+
+
+def _train(cfg: Config, progress: bool, batch_hook: Callable[[int, Batch], Batch] | None) -> dict:
+    check_sources(cfg)  # every prepared directory was made for this model and these assets
     timer = StepTimer()
     t_cfg = cfg.train
     mesh = make_mesh(cfg.mesh)
@@ -93,10 +83,10 @@ def train(cfg: Config, progress: bool = True, batch_hook: Callable[[int, Batch],
         process_count=jax.process_count(),
     )
     ckpts = RunCheckpoints(checkpoint_directory(cfg), t_cfg.keep_checkpoints)
-    latest = ckpts.latest_step()
+    restored = ckpts.restore_latest(with_shardings(program.abstract, program.state_shardings), data, cfg.model)
     frames_seen = 0
-    if latest is not None:
-        state, meta = ckpts.restore(latest, with_shardings(program.abstract, program.state_shardings), data)
+    if restored is not None:
+        latest, state, meta = restored
         frames_seen = meta["frames_seen"]
         log.info("resumed from %s/%d", ckpts.directory, latest)
     else:
@@ -104,6 +94,11 @@ def train(cfg: Config, progress: bool = True, batch_hook: Callable[[int, Batch],
     local_rows = cfg.data.batch_rows // jax.process_count()
     tower_params = None if tower is None else tower.params
     batch_sh, eval_step = program.batch_shardings, program.eval_step
+    if stop_agreed():  # SIGTERM during start-up: no step to lose, no compile to wait for
+        ckpts.save(int(state.step), state, data, cfg, frames_seen)
+        ckpts.wait()
+        ckpts.close()
+        return {"step": int(state.step), "preempted": True}
     compiled, compile_s = program.compile()
     memory = compiled_memory_gib(compiled)
     counts = program.trainable.counts(program.abstract.params)
@@ -129,7 +124,6 @@ def train(cfg: Config, progress: bool = True, batch_hook: Callable[[int, Batch],
     flops_per_step = train_flops_per_frame(cfg.model, cfg.data.row_frames, frozen) * frames_per_step
     guard = NonFiniteGuard(t_cfg.max_bad_steps, cfg.run_dir, write=main)
     profiler = StepProfiler(t_cfg.profile_steps, logs.run_dir / "tensorboard", enabled=main)
-    preemption = Preemption()
     start = int(state.step)
     bar = tqdm(total=t_cfg.steps, initial=start, disable=not (main and progress), unit="step", dynamic_ncols=True)
     step, last = start, {}
@@ -137,6 +131,11 @@ def train(cfg: Config, progress: bool = True, batch_hook: Callable[[int, Batch],
     try:
         with jax.set_mesh(mesh):
             while step < t_cfg.steps:
+                if stop_agreed():  # each step is waited for: SIGTERM is answered within a step
+                    ckpts.save(step, state, data, cfg, frames_seen)  # unless this step is saved already
+                    ckpts.wait()
+                    log.warning("preempted: checkpoint at step %d", step)
+                    return {"step": step, "preempted": True, **last}
                 profiler.before(step + 1)
                 with timer.phase("data_wait"):
                     position = data.get_state()  # before the batch: where to find it again
@@ -177,15 +176,9 @@ def train(cfg: Config, progress: bool = True, batch_hook: Callable[[int, Batch],
                     last = logs.write(step, metrics)
                     bar.set_postfix(loss=f"{last['loss']:.4f}", fps=f"{last['frames_per_s']:.0f}")
                 bar.update(1)
-                if preemption.agreed():
-                    ckpts.save(step, state, data, cfg, frames_seen, force=True)
-                    ckpts.wait()
-                    log.warning("preempted: saved step %d", step)
-                    return {"step": step, "preempted": True, **last}
         ckpts.wait()
     finally:
         profiler.stop()
-        preemption.restore()
         bar.close()
         ckpts.close()
         logs.plot_loss()
