@@ -42,6 +42,7 @@ from bagpiper_jax.train.metrics_log import MetricsLog
 from bagpiper_jax.train.program import build_program
 from bagpiper_jax.train.state import init_state
 from bagpiper_jax.train.step import compiled_memory_gib
+from bagpiper_jax.train.summary import describe_start, run_summary
 from bagpiper_jax.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -101,27 +102,18 @@ def train(cfg: Config, progress: bool = True) -> dict:
     compiled, compile_s = program.compile()
     memory = compiled_memory_gib(compiled)
     logs = MetricsLog(cfg.run_dir, enabled=main)
+    start_info = {"compiled_s": round(compile_s, 1), "memory_gib": memory, "data": data.report}
     if main:
         (logs.run_dir / "config_resolved.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-        log.info("train step compiled in %.1fs; per-device memory (GiB): %s", compile_s, memory)
-        print(
-            json.dumps(
-                {
-                    "compiled_s": round(compile_s, 1),
-                    "memory_gib": memory,
-                    "data": data.report,
-                    "start_step": int(state.step),
-                }
-            ),
-            flush=True,
-        )
+        log.info("%s", describe_start(start_info, int(state.step), t_cfg.steps))
     frames_per_step = cfg.data.batch_rows * cfg.data.row_frames
     flops_per_step = train_flops_per_frame(cfg.model, cfg.data.row_frames) * frames_per_step
     preemption = Preemption()
     start = int(state.step)
     bar = tqdm(total=t_cfg.steps, initial=start, disable=not (main and progress), unit="step", dynamic_ncols=True)
-    step, last = start, {}
-    window_t, window_steps = time.perf_counter(), 0
+    step, last, last_eval = start, {}, {}
+    started = window_t = time.perf_counter()
+    window_steps = 0
     try:
         with jax.set_mesh(mesh):
             while step < t_cfg.steps:
@@ -147,7 +139,9 @@ def train(cfg: Config, progress: bool = True) -> dict:
                     bar.set_postfix(loss=f"{last['loss']:.4f}", fps=f"{last['frames_per_s']:.0f}")
                     window_t, window_steps = time.perf_counter(), 0
                 if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
-                    logs.write(step, evaluate(cfg, eval_step, state.params, tower, vocab, batch_sh), "eval/")
+                    last_eval = logs.write(
+                        step, evaluate(cfg, eval_step, state.params, tower, vocab, batch_sh), "eval/"
+                    )
                 if step % t_cfg.checkpoint_every == 0 or step == t_cfg.steps:
                     ckpts.save(step, state, data, cfg, frames_seen)
                 bar.update(1)
@@ -155,7 +149,9 @@ def train(cfg: Config, progress: bool = True) -> dict:
                     ckpts.save(step, state, data, cfg, frames_seen, force=True)
                     ckpts.wait()
                     log.warning("preempted: saved step %d", step)
-                    return {"step": step, "preempted": True, **last}
+                    return run_summary(
+                        cfg, ckpts, step, True, time.perf_counter() - started, start_info, last, last_eval
+                    )
         ckpts.wait()
     finally:
         preemption.restore()
@@ -163,7 +159,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
         ckpts.close()
         logs.plot_loss()
         logs.close()
-    return {"step": step, "preempted": False, **last}
+    return run_summary(cfg, ckpts, step, False, time.perf_counter() - started, start_info, last, last_eval)
 
 
 def named_sources(metrics: dict, cfg: Config) -> dict:
