@@ -337,7 +337,7 @@ def test_sigterm_at_a_checkpoint_step_and_during_start_up_exit_zero(demo_root, t
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["preempted"] and summary["step"] <= sent + 2
     assert max(steps(run)) == summary["step"]
     start = tmp_path / "start"
@@ -346,7 +346,8 @@ def test_sigterm_at_a_checkpoint_step_and_during_start_up_exit_zero(demo_root, t
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
-    assert json.loads(out.strip().splitlines()[-1]) == {"step": 0, "preempted": True}
+    summary = json.loads((start / "summary.json").read_text())
+    assert summary["preempted"] and summary["step"] == 0 and "loss" not in summary
     assert steps(start) == [0]
 
 

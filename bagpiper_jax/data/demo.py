@@ -107,6 +107,11 @@ def write_random_encoder(directory: str | Path, output_dim: int, window: int, se
     save_tower(directory, tower)
 
 
+def demo_clip(cfg: Config) -> str:
+    """A held-out clip of the demo corpus (for example commands)."""
+    return str(Path(cfg.data.prepared).parent / "corpus" / "wav" / "held00000.wav")
+
+
 def ensure_demo_prepared(cfg: Config, examples: int = 400, heldout: int = 40) -> None:
     """Builds whatever of the demo is missing (each part is skipped when present)."""
     prepared = Path(cfg.data.prepared)

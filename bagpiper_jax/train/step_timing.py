@@ -67,6 +67,10 @@ class StepTimer:
         self._window_start = self._clock()
         self._reset()
 
+    def run_seconds(self) -> float:
+        """Wall time since the trainer started."""
+        return self._clock() - self._run_start
+
     def window(self) -> dict[str, float]:
         """The window's per-step averages and goodputs (see the module doc); starts the next."""
         now = self._clock()

@@ -50,6 +50,7 @@ from bagpiper_jax.train.program import build_program
 from bagpiper_jax.train.run_lock import run_directory_lock
 from bagpiper_jax.train.step import compiled_memory_gib
 from bagpiper_jax.train.step_timing import StepTimer
+from bagpiper_jax.train.summary import describe_start, run_summary
 from bagpiper_jax.train.trainable import tree_bytes
 from bagpiper_jax.vocab import Vocab
 
@@ -98,27 +99,21 @@ def _train(cfg: Config, progress: bool, batch_hook: Callable[[int, Batch], Batch
         ckpts.save(int(state.step), state, data, cfg, frames_seen)
         ckpts.wait()
         ckpts.close()
-        return {"step": int(state.step), "preempted": True}
+        return run_summary(cfg, ckpts, int(state.step), True, timer.run_seconds(), {"data": data.report}, {}, {})
     compiled, compile_s = program.compile()
     memory = compiled_memory_gib(compiled)
     counts = program.trainable.counts(program.abstract.params)
     logs = MetricsLog(cfg.run_dir, enabled=main)
+    start_info = {
+        "compiled_s": round(compile_s, 1),
+        "memory_gib": memory,
+        **counts,
+        "optimizer_state_gib": round(tree_bytes(program.abstract.opt_state) / 2**30, 3),
+        "data": data.report,
+    }
     if main:
         (logs.run_dir / "config_resolved.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-        log.info("train step compiled in %.1fs; per-device memory (GiB): %s", compile_s, memory)
-        print(
-            json.dumps(
-                {
-                    "compiled_s": round(compile_s, 1),
-                    "memory_gib": memory,
-                    **counts,
-                    "optimizer_state_gib": round(tree_bytes(program.abstract.opt_state) / 2**30, 3),
-                    "data": data.report,
-                    "start_step": int(state.step),
-                }
-            ),
-            flush=True,
-        )
+        log.info("%s", describe_start(start_info, int(state.step), t_cfg.steps))
     frames_per_step = cfg.data.batch_rows * cfg.data.row_frames
     frozen = program.trainable.frozen_names
     flops_per_step = train_flops_per_frame(cfg.model, cfg.data.row_frames, frozen) * frames_per_step
@@ -126,7 +121,7 @@ def _train(cfg: Config, progress: bool, batch_hook: Callable[[int, Batch], Batch
     profiler = StepProfiler(t_cfg.profile_steps, logs.run_dir / "tensorboard", enabled=main)
     start = int(state.step)
     bar = tqdm(total=t_cfg.steps, initial=start, disable=not (main and progress), unit="step", dynamic_ncols=True)
-    step, last = start, {}
+    step, last, last_eval = start, {}, {}
     timer.restart_window()
     try:
         with jax.set_mesh(mesh):
@@ -135,7 +130,7 @@ def _train(cfg: Config, progress: bool, batch_hook: Callable[[int, Batch], Batch
                     ckpts.save(step, state, data, cfg, frames_seen)  # unless this step is saved already
                     ckpts.wait()
                     log.warning("preempted: checkpoint at step %d", step)
-                    return {"step": step, "preempted": True, **last}
+                    return run_summary(cfg, ckpts, step, True, timer.run_seconds(), start_info, last, last_eval)
                 profiler.before(step + 1)
                 with timer.phase("data_wait"):
                     position = data.get_state()  # before the batch: where to find it again
@@ -158,7 +153,9 @@ def _train(cfg: Config, progress: bool, batch_hook: Callable[[int, Batch], Batch
                 guard.record(step, finite, metrics, position)
                 if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
                     with timer.phase("eval"):
-                        logs.write(step, evaluate(cfg, eval_step, state.params, tower, vocab, batch_sh), "eval/")
+                        last_eval = logs.write(
+                            step, evaluate(cfg, eval_step, state.params, tower, vocab, batch_sh), "eval/"
+                        )
                 if step % t_cfg.checkpoint_every == 0 or step == t_cfg.steps:
                     with timer.phase("checkpoint"):
                         ckpts.save(step, state, data, cfg, frames_seen)
@@ -183,7 +180,7 @@ def _train(cfg: Config, progress: bool, batch_hook: Callable[[int, Batch], Batch
         ckpts.close()
         logs.plot_loss()
         logs.close()
-    return {"step": step, "preempted": False, **last}
+    return run_summary(cfg, ckpts, step, False, timer.run_seconds(), start_info, last, last_eval)
 
 
 def named_sources(metrics: dict, cfg: Config) -> dict:
