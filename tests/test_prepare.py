@@ -16,6 +16,7 @@ from helpers import demo_config
 from bagpiper_jax.audio_io import decode_flac
 from bagpiper_jax.checkpoint.frozen_modules import load_tower_config, save_tower_params
 from bagpiper_jax.convert.hf_audio_encoder import abstract_params
+from bagpiper_jax.data.demo import remove_other_build
 from bagpiper_jax.data.manifest import Example, Message, manifest_parts, plan_units
 from bagpiper_jax.data.prepare import prepare_manifest
 from bagpiper_jax.data.preparer import Preparer
@@ -189,3 +190,19 @@ def test_encoder_token_counts_follow_the_towers_n_window(demo_root, tmp_path):
         frames[name] = preparer.prepare([example])[0][0].frames
         assert preparer.tokens_for(3000) == {"50": 390, "100": 375}[name]
     assert frames["50"] - frames["100"] == 39 - (25 + 13)
+
+
+def test_a_demo_built_with_other_corpus_sizes_is_removed_inside_its_folder_only(tmp_path):
+    root, outside = tmp_path / "demo", tmp_path / "my_tokenizer.json"
+    (root / "corpus").mkdir(parents=True)
+    (root / "corpus" / "manifest.jsonl").write_text("{}\n" * 3)
+    (root / "corpus" / "heldout.jsonl").write_text("{}\n")
+    (root / "prepared").mkdir()
+    (root / "codec").mkdir()
+    outside.write_text("{}")
+    cfg = demo_config(tmp_path, f"assets.tokenizer={outside}")  # data and assets under tmp_path/demo
+    remove_other_build(cfg, root, examples=3, heldout=1)  # the sizes asked for: kept
+    assert (root / "corpus" / "manifest.jsonl").is_file() and (root / "prepared").is_dir()
+    remove_other_build(cfg, root, examples=2000, heldout=40)
+    assert not (root / "corpus").exists() and not (root / "prepared").exists() and not (root / "codec").exists()
+    assert outside.is_file()  # an asset outside the demo folder is never touched

@@ -95,7 +95,7 @@ def _example(i: int, sound: Sound, audio: str, rng: np.random.Generator, prefix:
     return ex
 
 
-def write_demo_corpus(out_dir: str | Path, examples: int = 400, heldout: int = 40, seed: int = 0) -> dict:
+def write_demo_corpus(out_dir: str | Path, examples: int, heldout: int, seed: int = 0) -> dict:
     """Writes ``wav/*.wav``, ``manifest.jsonl`` and ``heldout.jsonl`` under ``out_dir``.
 
     Returns the paths and counts. Manifest lines carry a ``sound`` field (the generating
