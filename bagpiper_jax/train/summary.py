@@ -43,7 +43,7 @@ def run_summary(
       checkpoints: the run's :class:`~bagpiper_jax.checkpoint.run.RunCheckpoints`.
       last / last_eval: the last records written to ``metrics.jsonl`` (``eval/`` keys).
     """
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(cfg.run_dir).absolute()
     return {
         **last,
         **{k: v for k, v in last_eval.items() if k != "step"},
@@ -71,9 +71,17 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{int(seconds // 60)} min {seconds % 60:.0f} s"
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it lies under it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
 def describe_end(summary: dict, config_path: str, example_audio: str = "CLIP.wav") -> str:
     """A few lines for people: losses, steps, speed, the files, the next commands."""
-    files = summary["files"]
+    files = {name: _shown(path) for name, path in summary["files"].items()}
     losses = f"train loss {summary['loss']:.3f}" if "loss" in summary else "no step logged"
     if "eval/loss" in summary:
         losses += f", eval loss {summary['eval/loss']:.3f}"
