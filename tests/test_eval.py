@@ -36,7 +36,9 @@ def random_checkpoint(cfg, directory):
     return save_model_checkpoint(directory, cfg, params, FrozenModules(), source="random init (test)")
 
 
+@pytest.mark.slow
 def test_eval_cli_scores_every_task_and_reports_bad_items(demo_root, tmp_path):
+    """Cold, it compiles three decode programs and builds the CLAP and ASR models (~45 s)."""
     clap, asr = write_tiny_clap(tmp_path / "clap"), write_tiny_asr(tmp_path / "asr")
     overrides = [*demo_overrides(demo_root), f"assets.clap={clap}", f"assets.asr={asr}", *SHORT]
     cfg = demo_config(demo_root, *overrides)
@@ -96,6 +98,36 @@ def test_eval_cli_scores_every_task_and_reports_bad_items(demo_root, tmp_path):
     assert "rouge_l" in by_id["caption-held00000"]["scores"]
     table = format_table(summary)
     assert "cider_d" in table and "frechet_distance" in table and "errors" in table
+
+
+def test_an_item_that_fails_to_generate_gets_its_error_and_the_run_goes_on(demo_root, tmp_path):
+    cfg = demo_config(demo_root, *SHORT)
+    manifest = ensure_demo_eval(cfg, tmp_path / "eval.jsonl")
+    captions = [line for line in manifest.read_text().splitlines() if '"caption"' in line][:3]
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF, but not audio")
+    bad = [
+        {"id": "corrupt", "task": "caption", "audio": "corrupt.wav", "references": ["a tone"]},
+        {"id": "missing", "task": "caption", "audio": "none.wav", "references": ["a tone"]},
+    ]
+    manifest.write_text("\n".join([captions[0], *map(json.dumps, bad), *captions[1:]]) + "\n")
+    items, errors = read_eval_manifest(manifest)
+    assert [e.id for e in errors] == ["missing"]
+    mesh = make_mesh(cfg.mesh, jax.devices()[:1])
+    graphdef, params, _ = init_model(cfg.model, cfg.runtime, mesh, cfg.mesh.rules, cfg.seed)
+    summary = evaluate(Generator(cfg, graphdef, params, mesh), items, errors, out_dir=tmp_path / "out", progress=False)
+    caption = summary["tasks"]["caption"]
+    assert summary["items"] == 5 and caption["errors"] == 2 and caption["scores"]["cider_d"]["n"] == 3
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [
+        "caption-held00000",
+        "corrupt",
+        "missing",
+        "caption-held00001",
+        "caption-held00002",
+    ]
+    assert records[1]["error"].startswith("generation failed:") and "corrupt.wav" in records[1]["error"]
+    assert "none.wav not found" in records[2]["error"]
+    assert all(r["output"]["caption"] is not None and "bleu_4" in r["scores"] for r in records if "error" not in r)
 
 
 def test_eval_cli_one_line_error_for_a_missing_manifest(demo_root, tmp_path, capsys):

@@ -1,12 +1,13 @@
-"""One evaluation run: generate every item's output through a :class:`Generator` (batched,
-one compiled program per task and prompt shape), score each task, and write
+"""One evaluation run: generate every item's output through a :class:`Generator` (batches
+of one plan, one compiled program per plan and prompt shape), score each task, and write
 ``results.jsonl``, ``summary.json`` and the generated wavs.
 
-A bad item never ends the run: manifest errors come in as :class:`ItemError` s, and a batch
-whose generation fails on an item's input is retried item by item so only that item gets
-the error. Each task's scores are :class:`Score` s (value, items, bootstrap 95% interval);
-metrics that cannot run (no CLAP or ASR model, no ``aac-metrics``, no Java, no ``jiwer``)
-are listed under ``skipped`` with the reason.
+A bad item never ends the run: manifest errors come in as :class:`ItemError` s, and when a
+batch's generation fails on an item's input, each prompt of the batch is prepared alone to
+find the items at fault; they get the error and the rest are generated. Each task's scores
+are :class:`Score` s (value, items, bootstrap 95% interval); metrics that cannot run (no
+CLAP or ASR model, no ``aac-metrics``, no Java, no ``jiwer``) are listed under ``skipped``
+with the reason.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from bagpiper_jax.audio_encoder.frozen import mel_bins
 from bagpiper_jax.audio_io import SAMPLE_RATE, load_audio, save_audio
 from bagpiper_jax.config import Config
 from bagpiper_jax.errors import BagpiperError
@@ -31,6 +33,7 @@ from bagpiper_jax.eval.manifest import TASKS, EvalItem, ItemError
 from bagpiper_jax.eval.scores import mean_score
 from bagpiper_jax.eval.speech import JIWER_MISSING, Transcriber, normalise, wer_score, word_errors
 from bagpiper_jax.generate import Answer, Generator
+from bagpiper_jax.generate.prompts import templated_prompt
 
 # The modalities each task's answer is made to start with (caption first, then the answer
 # or the audio: the reference's enforce_modality).
@@ -99,26 +102,35 @@ def item_output(item: EvalItem, answer: Answer) -> dict:
 def generate_outputs(
     generator: Generator, items: Sequence[EvalItem], batch: int = 8, seed: int | None = None, progress: bool = True
 ) -> dict[str, dict]:
-    """Every item's output (or ``{"error": ...}``) by id, generated ``batch`` items at a time
-    with the task's plan."""
+    """Every item's output (or ``{"error": ...}``) by id, generated ``batch`` items at a time,
+    each batch of one plan (:data:`PLANS`)."""
     outputs = {}
     bar = tqdm(total=len(items), disable=not progress, unit="item", desc="generate", dynamic_ncols=True)
 
     def run(chunk: list[EvalItem]):
         try:
-            generation = generator.generate([item_prompt(i) for i in chunk], PLANS[chunk[0].task], samples=1, seed=seed)
+            prompts = [item_prompt(i) for i in chunk]
+            generation = generator.generate(prompts, PLANS[chunk[0].task], samples=1, seed=seed)
         except BagpiperError as e:
             if len(chunk) == 1:
                 outputs[chunk[0].id] = {"error": f"generation failed: {e}"}
                 return
-            for item in chunk:  # find the item(s) at fault; the others still run
-                run([item])
+            good = []
+            for item in chunk:  # find the items at fault by preparing each prompt alone (no decoding)
+                try:
+                    templated_prompt(generator.preparer, item_prompt(item), mel_bins(generator.tower), item.id)
+                    good.append(item)
+                except BagpiperError as error:
+                    outputs[item.id] = {"error": f"generation failed: {error}"}
+            for part in [good] if len(good) < len(chunk) else [[item] for item in chunk]:
+                if part:
+                    run(part)  # the rest together; item by item when no single prompt was at fault
             return
         for item, answers in zip(chunk, generation.answers):
             outputs[item.id] = item_output(item, answers[0])
 
-    for task in TASKS:
-        group = [i for i in items if i.task == task]
+    for plan in dict.fromkeys(PLANS.values()):  # tasks of one plan share batches (and compiled programs)
+        group = [i for i in items if PLANS[i.task] == plan]
         for start in range(0, len(group), batch):
             run(group[start : start + batch])
             bar.update(len(group[start : start + batch]))
