@@ -16,10 +16,12 @@ from bagpiper_jax.checkpoint.model_checkpoint import FrozenModules, save_model_c
 from bagpiper_jax.cli.eval import main as eval_main
 from bagpiper_jax.eval.demo import ensure_demo_eval
 from bagpiper_jax.eval.manifest import read_eval_manifest
+from bagpiper_jax.eval.periodic import periodic_eval
 from bagpiper_jax.eval.runner import evaluate, format_table
 from bagpiper_jax.generate import Generator
 from bagpiper_jax.model import init_model
 from bagpiper_jax.sharding import make_mesh
+from bagpiper_jax.train.trainer import train
 
 # Short answers keep the random model's generations (which never end early) cheap.
 SHORT = [
@@ -136,6 +138,29 @@ def test_eval_cli_one_line_error_for_a_missing_manifest(demo_root, tmp_path, cap
     assert capsys.readouterr().err.strip() == f"bagpiper-eval: eval manifest {tmp_path / 'none.jsonl'} not found"
 
 
+@pytest.mark.slow
+def test_train_eval_tasks_log_scores_beside_the_held_out_loss(demo_root, tmp_path):
+    """Two demo steps with one eval pass (compiles the train step: ~30 s)."""
+    manifest = ensure_demo_eval(demo_config(demo_root), tmp_path / "demo-eval.jsonl")
+    cfg = demo_config(
+        demo_root,
+        *SHORT,
+        f"run_dir={tmp_path / 'run'}",
+        "train.steps=2",
+        "train.eval_every=2",
+        "train.checkpoint_every=2",
+        f"train.eval_tasks=[{{manifest: {manifest}, samples: 2, name: demo}}]",  # a caption and an mcq
+    )
+    train(cfg, progress=False, eval_hook=periodic_eval(cfg))
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evaluation = next(r for r in records if "eval/loss" in r)
+    assert evaluation["step"] == 2
+    assert {"eval/demo/caption/cider_d", "eval/demo/caption/bleu_4", "eval/demo/mcq/accuracy"} <= set(evaluation)
+    summary = json.loads((tmp_path / "run" / "eval" / "demo" / "step_2" / "summary.json").read_text())
+    assert summary["tasks"]["mcq"]["scores"]["accuracy"]["n"] == 1
+    assert list((tmp_path / "run" / "tensorboard").iterdir())
+
+
 def mcq_accuracy(generator, manifest) -> float:
     items, _ = read_eval_manifest(manifest)
     mcq = [i for i in items if i.task == "mcq"]
@@ -146,13 +171,11 @@ def mcq_accuracy(generator, manifest) -> float:
 
 @pytest.mark.slow
 def test_mcq_accuracy_rises_from_random_init_to_the_trained_demo_model(demo_root, tmp_path):
-    """Measured by hand on the full demo (``bagpiper-train --config configs/demo.yaml``, 300
-    steps on 400 examples, then ``bagpiper-eval --checkpoint runs/demo --config
-    configs/demo.yaml --eval data/demo/eval.jsonl``, 40 held-out clips): MCQ accuracy 0.000
-    for the random-init model, MEASURED_TRAINED for the 300-step model. Here the same recipe
-    on the small test corpus (64 examples, 8 held-out clips)."""
-    from bagpiper_jax.train.trainer import train  # the slow part: 300 demo training steps
-
+    """Measured by hand on the full demo (``bagpiper-train --config configs/demo.yaml``: 300
+    steps on 400 examples; then ``bagpiper-eval --checkpoint CKPT --config configs/demo.yaml
+    --eval data/demo/eval.jsonl``, 40 held-out clips): MCQ accuracy 0.000 [0.000, 0.000] for
+    the random-init model (seed 0), 0.625 [0.475, 0.775] after 300 steps. Here the same
+    recipe on the small test corpus (64 examples, 8 held-out clips)."""
     cfg = demo_config(demo_root, f"run_dir={tmp_path / 'run'}", "train.checkpoint_every=300", "train.eval_every=300")
     manifest = ensure_demo_eval(cfg, tmp_path / "eval.jsonl")
     mesh = make_mesh(cfg.mesh, jax.devices()[:1])

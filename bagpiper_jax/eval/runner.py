@@ -157,7 +157,8 @@ def score_task(task: str, items: list[EvalItem], outputs: list[dict], models: Me
             correct.append(own["correct"])
         scores["accuracy"] = mean_score(correct)
         for category in sorted({i.category for i in items if i.category}):
-            scores[f"accuracy/{category}"] = mean_score([c for i, c in zip(items, correct) if i.category == category])
+            in_category = [c for i, c in zip(items, correct) if i.category == category]
+            scores[f"accuracy/{_file_name(category)}"] = mean_score(in_category)
     elif task == "open_qa":
         for item, out, own in zip(items, outputs, per_item):
             answer = " " + normalise(out["answer"]) + " "
@@ -206,8 +207,9 @@ def _speech_scores(items, outputs, per_item, models: MetricModels) -> tuple[dict
     return {"wer": wer_score(errors)}, {}
 
 
-def _file_name(item_id: str) -> str:
-    return re.sub(r"[^\w.-]", "_", item_id)
+def _file_name(name: str) -> str:
+    """``name`` safe as a file name and a TensorBoard tag (other characters become ``_``)."""
+    return re.sub(r"[^\w.-]", "_", name)
 
 
 def evaluate(

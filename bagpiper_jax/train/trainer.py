@@ -19,10 +19,12 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
@@ -66,8 +68,10 @@ class Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(cfg: Config, progress: bool = True) -> dict:
-    """Runs (or resumes) training to ``cfg.train.steps``; returns a summary dict."""
+def train(cfg: Config, progress: bool = True, eval_hook: Callable[[int, nnx.State], dict] | None = None) -> dict:
+    """Runs (or resumes) training to ``cfg.train.steps``; returns a summary dict. ``eval_hook(step,
+    params)``, when given, adds its metrics to every eval pass (``bagpiper-train`` passes the
+    ``train.eval_tasks`` scoring of :mod:`bagpiper_jax.eval.periodic`)."""
     t_cfg = cfg.train
     mesh = make_mesh(cfg.mesh)
     main = jax.process_index() == 0
@@ -147,7 +151,8 @@ def train(cfg: Config, progress: bool = True) -> dict:
                     bar.set_postfix(loss=f"{last['loss']:.4f}", fps=f"{last['frames_per_s']:.0f}")
                     window_t, window_steps = time.perf_counter(), 0
                 if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
-                    logs.write(step, evaluate(cfg, eval_step, state.params, tower, vocab, batch_sh), "eval/")
+                    held_out = evaluate(cfg, eval_step, state.params, tower, vocab, batch_sh)
+                    logs.write(step, {**held_out, **(eval_hook(step, state.params) if eval_hook else {})}, "eval/")
                 if step % t_cfg.checkpoint_every == 0 or step == t_cfg.steps:
                     ckpts.save(step, state, data, cfg, frames_seen)
                 bar.update(1)
