@@ -15,14 +15,15 @@ from helpers import DEMO, demo_config, demo_overrides
 from bagpiper_jax.checkpoint.model_checkpoint import FrozenModules, save_model_checkpoint
 from bagpiper_jax.cli.eval import main as eval_main
 from bagpiper_jax.eval.demo import ensure_demo_eval
-from bagpiper_jax.eval.manifest import read_eval_manifest
+from bagpiper_jax.eval.manifest import EvalItem, read_eval_manifest
 from bagpiper_jax.eval.periodic import periodic_eval
-from bagpiper_jax.eval.runner import evaluate, format_table
+from bagpiper_jax.eval.runner import MetricModels, evaluate, format_table, score_task
 from bagpiper_jax.generate import Generator
 from bagpiper_jax.model import init_model
 from bagpiper_jax.sharding import make_mesh
 from bagpiper_jax.train.trainer import train
 
+CHOICES = ("sine tone", "major chord", "chirp", "noise burst", "silence")
 # Short answers keep the random model's generations (which never end early) cheap.
 SHORT = [
     "generate.max_new_frames=48",
@@ -132,6 +133,24 @@ def test_an_item_that_fails_to_generate_gets_its_error_and_the_run_goes_on(demo_
     assert all(r["output"]["caption"] is not None and "bleu_4" in r["scores"] for r in records if "error" not in r)
 
 
+def test_mcq_and_open_qa_scores_of_given_outputs():
+    def mcq(kind):
+        return EvalItem(f"q-{kind}", "mcq", question="q", choices=CHOICES, answer=kind, category=kind)
+
+    items = [mcq("noise burst"), mcq("noise burst"), mcq("chirp")]
+    outputs = [{"answer": "It is a noise burst."}, {"answer": "(C)"}, {"answer": "C"}]
+    scored = score_task("mcq", items, outputs, MetricModels())
+    assert [o["extracted"] for o in outputs] == ["noise burst", "chirp", "chirp"]
+    assert [p["correct"] for p in scored["per_item"]] == [1.0, 0.0, 1.0]
+    accuracy = {k: (s.value, s.n) for k, s in scored["scores"].items()}
+    assert accuracy == {"accuracy": (2 / 3, 3), "accuracy/chirp": (1.0, 1), "accuracy/noise_burst": (0.5, 2)}
+    qa = [EvalItem("o", "open_qa", question="q", references=("two barks", "2"))] * 3
+    outputs = [{"answer": "Two barks."}, {"answer": "I heard two barks twice"}, {"answer": "three"}]
+    scored = score_task("open_qa", qa, outputs, MetricModels())
+    assert [(p["exact_match"], p["contains"]) for p in scored["per_item"]] == [(1.0, 1.0), (0.0, 1.0), (0.0, 0.0)]
+    assert MetricModels().reasons == {} and score_task("text_to_audio", [], [], MetricModels())["skipped"]
+
+
 def test_eval_cli_one_line_error_for_a_missing_manifest(demo_root, tmp_path, capsys):
     args = ["--checkpoint", str(tmp_path), "--config", str(DEMO), "--eval", str(tmp_path / "none.jsonl")]
     assert eval_main([*args, *demo_overrides(demo_root), "data.demo=false"]) == 1
@@ -159,6 +178,21 @@ def test_train_eval_tasks_log_scores_beside_the_held_out_loss(demo_root, tmp_pat
     summary = json.loads((tmp_path / "run" / "eval" / "demo" / "step_2" / "summary.json").read_text())
     assert summary["tasks"]["mcq"]["scores"]["accuracy"]["n"] == 1
     assert list((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_periodic_eval_scores_the_params_it_is_given(demo_root, tmp_path):
+    manifest = tmp_path / "made-on-first-use.jsonl"
+    cfg = demo_config(
+        demo_root, *SHORT, f"run_dir={tmp_path}", f"train.eval_tasks=[{{manifest: {manifest}, samples: 1}}]"
+    )
+    hook = periodic_eval(cfg)
+    assert manifest.is_file() and [len(t.items) for t in hook.tasks] == [1]
+    _, params, _ = init_model(cfg.model, cfg.runtime, make_mesh(cfg.mesh), cfg.mesh.rules, cfg.seed)  # as trained
+    scores = hook(5, params)
+    prefix = "made-on-first-use"
+    assert {f"{prefix}/caption/cider_d", f"{prefix}/caption/bleu_4"} <= set(scores)
+    assert json.loads((tmp_path / "eval" / prefix / "step_5" / "summary.json").read_text())["items"] == 1
+    assert periodic_eval(demo_config(demo_root)) is None
 
 
 def mcq_accuracy(generator, manifest) -> float:

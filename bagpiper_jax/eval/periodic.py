@@ -17,6 +17,7 @@ import jax
 from flax import nnx
 
 from bagpiper_jax.config import Config
+from bagpiper_jax.eval.demo import ensure_demo_eval
 from bagpiper_jax.eval.manifest import EvalItem, ItemError, read_eval_manifest
 from bagpiper_jax.eval.runner import MetricModels, evaluate, flat_scores
 from bagpiper_jax.generate import Generator
@@ -39,6 +40,8 @@ class PeriodicEval:
         self.cfg = cfg
         self.tasks = []
         for task in cfg.train.eval_tasks:
+            if cfg.data.demo:  # the demo eval set is made on first use, like the demo corpus
+                ensure_demo_eval(cfg, task.manifest)
             items, errors = read_eval_manifest(task.manifest, task.samples)
             self.tasks.append(_Task(task.name or Path(task.manifest).stem, items, errors))
         self.models = MetricModels.load(cfg, {i.task for t in self.tasks for i in t.items})
