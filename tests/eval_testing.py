@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# The width every tiny transformer here shares.
+TOY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
 WORDS = ["a", "loud", "quiet", "sine", "tone", "chirp", "noise", "burst", "silence", "hertz", "seconds", "hello"]
 
 
@@ -26,26 +28,15 @@ def write_tiny_clap(directory: Path) -> Path:
     )
     extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=48_000, max_length_s=2, truncation="rand_trunc")
     config = ClapConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=37,
-            max_position_embeddings=64,
-            projection_dim=16,
-        ),
+        text_config=dict(**TOY, vocab_size=len(tokenizer), max_position_embeddings=64, projection_dim=16),
         audio_config=dict(
+            **TOY | dict(num_attention_heads=[2, 2], depths=[1, 1]),
             num_mel_bins=16,
             spec_size=64,
             window_size=4,
             patch_size=2,
             patch_stride=2,
-            hidden_size=32,
             patch_embeds_hidden_size=16,
-            depths=[1, 1],
-            num_attention_heads=[2, 2],
-            intermediate_size=37,
             projection_dim=16,
         ),
         projection_dim=16,
@@ -72,11 +63,8 @@ def write_tiny_asr(directory: Path) -> Path:
     tokenizer = Wav2Vec2CTCTokenizer(str(directory / "vocab.json"), word_delimiter_token="|")
     extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16_000, return_attention_mask=True)
     config = Wav2Vec2Config(
+        **TOY,
         vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=37,
         conv_dim=(16, 16),
         conv_stride=(5, 4),
         conv_kernel=(10, 4),

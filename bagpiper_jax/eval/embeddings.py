@@ -24,6 +24,14 @@ class MetricModelError(BagpiperError):
     """A metric model directory (CLAP, ASR) is missing or unusable."""
 
 
+def hf_model_directory(directory: str | Path, key: str, kind: str) -> Path:
+    """``directory`` (the value of config ``key``) if it holds an HF model's config.json."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise MetricModelError(f"{directory}: no config.json; {key} must be a local HF {kind} directory")
+    return directory
+
+
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
     values, vectors = np.linalg.eigh(matrix)
     return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
@@ -65,9 +73,7 @@ class ClapEmbedder:
     """Audio and text embeddings ``[n, dim]`` (L2-normalised) from an HF CLAP directory."""
 
     def __init__(self, directory: str | Path, batch: int = 16):
-        directory = Path(directory)
-        if not (directory / "config.json").is_file():
-            raise MetricModelError(f"{directory}: no config.json; assets.clap must be a local HF ClapModel directory")
+        directory = hf_model_directory(directory, "assets.clap", "ClapModel")
         try:
             import torch  # optional (the convert extra); imported only when a CLAP model is used
             from transformers import ClapModel, ClapProcessor  # likewise optional

@@ -15,7 +15,7 @@ import numpy as np
 
 from bagpiper_jax.audio_io import SAMPLE_RATE, resample
 from bagpiper_jax.eval.captions import tokenize
-from bagpiper_jax.eval.embeddings import MetricModelError
+from bagpiper_jax.eval.embeddings import MetricModelError, hf_model_directory
 from bagpiper_jax.eval.scores import Score, bootstrap
 
 JIWER_MISSING = "jiwer is not installed (pip install jiwer)"
@@ -25,9 +25,7 @@ class Transcriber:
     """Texts of 16 kHz waveforms from a local HF ASR model directory."""
 
     def __init__(self, directory: str | Path, batch: int = 8):
-        directory = Path(directory)
-        if not (directory / "config.json").is_file():
-            raise MetricModelError(f"{directory}: no config.json; assets.asr must be a local HF ASR model directory")
+        directory = hf_model_directory(directory, "assets.asr", "speech-recognition model")
         try:
             from transformers import pipeline  # optional (the convert extra); imported only for tts items
         except ImportError as e:
