@@ -151,12 +151,6 @@ def test_mcq_and_open_qa_scores_of_given_outputs():
     assert MetricModels().reasons == {} and score_task("text_to_audio", [], [], MetricModels())["skipped"]
 
 
-def test_eval_cli_one_line_error_for_a_missing_manifest(demo_root, tmp_path, capsys):
-    args = ["--checkpoint", str(tmp_path), "--config", str(DEMO), "--eval", str(tmp_path / "none.jsonl")]
-    assert eval_main([*args, *demo_overrides(demo_root), "data.demo=false"]) == 1
-    assert capsys.readouterr().err.strip() == f"bagpiper-eval: eval manifest {tmp_path / 'none.jsonl'} not found"
-
-
 @pytest.mark.slow
 def test_train_eval_tasks_log_scores_beside_the_held_out_loss(demo_root, tmp_path):
     """Two demo steps with one eval pass (compiles the train step: ~30 s)."""
