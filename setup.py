@@ -49,6 +49,7 @@ setup(
             "bagpiper-convert=bagpiper_jax.cli.convert:main",
             "bagpiper-audio-features=bagpiper_jax.cli.audio_features:main",
             "bagpiper-generate=bagpiper_jax.cli.generate:main",
+            "bagpiper-eval=bagpiper_jax.cli.eval:main",
         ],
     },
 )

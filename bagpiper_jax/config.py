@@ -140,6 +140,8 @@ class AssetsConfig:
     tokenizer: str = ""  # tokenizer.json, or a directory holding one (Qwen3's for real runs)
     codec: str = ""  # XCodec params directory (bagpiper-convert hf-xcodec)
     audio_encoder: str = ""  # frozen audio tower params directory (bagpiper-convert hf-audio-encoder)
+    clap: str = ""  # HF ClapModel directory: CLAP score and Fréchet distance of generated audio (evaluation)
+    asr: str = ""  # HF speech-recognition model directory: WER of generated speech (evaluation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +299,21 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalTaskConfig:
+    """An eval manifest scored during training (docs/evaluation.md)."""
+
+    manifest: str = ""  # eval manifest JSONL (bagpiper-eval's --eval)
+    samples: int = 0  # items from the start of the manifest (0 = all)
+    name: str = ""  # metrics prefix eval/<name>/... ("" = the manifest's file stem)
+
+    def __post_init__(self):
+        if not self.manifest:
+            raise ConfigError("train.eval_tasks: each task needs a manifest")
+        if self.samples < 0:
+            raise ConfigError(f"train.eval_tasks[{self.manifest}].samples must be >= 0, got {self.samples}")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, checkpointing and logging (docs/training.md)."""
 
@@ -326,6 +343,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 1000
     eval_batches: int = 4
+    eval_tasks: tuple[EvalTaskConfig, ...] = ()  # eval manifests generated and scored every eval_every steps
     peak_flops: float = 989e12  # per device, for MFU (H100/H200 bf16 dense)
     # A step with a non-finite loss or gradient is skipped; this many in a row stop the run.
     max_bad_steps: int = 10

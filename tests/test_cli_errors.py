@@ -5,6 +5,7 @@ import pytest
 from helpers import TINY
 
 from bagpiper_jax.cli import audio_features, convert, generate, prepare, train
+from bagpiper_jax.cli import eval as eval_cli
 from bagpiper_jax.config import ConfigError
 
 
@@ -31,6 +32,11 @@ from bagpiper_jax.config import ConfigError
             generate.main,
             ["--checkpoint", "nowhere", "--config", str(TINY), "--text", "a", "--out", "o.wav"],
             "bagpiper-generate: checkpoint",
+        ),
+        (
+            eval_cli.main,
+            ["--checkpoint", "nowhere", "--config", str(TINY), "--eval", "missing.jsonl"],
+            "bagpiper-eval: eval manifest missing.jsonl not found",
         ),
     ],
 )

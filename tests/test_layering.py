@@ -18,6 +18,7 @@ LAYERS = (
     ("data",),
     ("train", "generate"),
     ("convert",),
+    ("eval",),
     ("cli",),
 )
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}

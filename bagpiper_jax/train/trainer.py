@@ -28,6 +28,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
 from bagpiper_jax.audio_encoder.frozen import FrozenTower, mel_bins, tokens_for
@@ -57,16 +58,25 @@ from bagpiper_jax.vocab import Vocab
 log = logging.getLogger(__name__)
 
 
-def train(cfg: Config, progress: bool = True, batch_hook: Callable[[int, Batch], Batch] | None = None) -> dict:
-    """Runs (or resumes) training to ``cfg.train.steps``; returns a summary dict.
+EvalHook = Callable[[int, nnx.State], dict]
+BatchHook = Callable[[int, Batch], Batch]
 
-    ``batch_hook(step, batch)``, if given, replaces each host batch before step ``step``
-    uses it (a test seam, e.g. to inject a non-finite batch)."""
+
+def train(
+    cfg: Config, progress: bool = True, eval_hook: EvalHook | None = None, batch_hook: BatchHook | None = None
+) -> dict:
+    """Runs (or resumes) training to ``cfg.train.steps``; returns the run's summary
+    (:func:`bagpiper_jax.train.summary.run_summary`).
+
+    ``eval_hook(step, params)``, when given, adds its metrics to every eval pass
+    (``bagpiper-train`` passes the ``train.eval_tasks`` scoring of
+    :mod:`bagpiper_jax.eval.periodic`). ``batch_hook(step, batch)``, if given, replaces each
+    host batch before step ``step`` uses it (a test seam, e.g. to inject a non-finite batch)."""
     with sigterm_requests_stop(), run_directory_lock(cfg.run_dir):
-        return _train(cfg, progress, batch_hook)
+        return _train(cfg, progress, eval_hook, batch_hook)
 
 
-def _train(cfg: Config, progress: bool, batch_hook: Callable[[int, Batch], Batch] | None) -> dict:
+def _train(cfg: Config, progress: bool, eval_hook: EvalHook | None, batch_hook: BatchHook | None) -> dict:
     check_sources(cfg)  # every prepared directory was made for this model and these assets
     timer = StepTimer()
     t_cfg = cfg.train
@@ -153,9 +163,9 @@ def _train(cfg: Config, progress: bool, batch_hook: Callable[[int, Batch], Batch
                 guard.record(step, finite, metrics, position)
                 if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
                     with timer.phase("eval"):
-                        last_eval = logs.write(
-                            step, evaluate(cfg, eval_step, state.params, tower, vocab, batch_sh), "eval/"
-                        )
+                        held_out = evaluate(cfg, eval_step, state.params, tower, vocab, batch_sh)
+                        scored = eval_hook(step, state.params) if eval_hook else {}
+                        last_eval = logs.write(step, {**held_out, **scored}, "eval/")
                 if step % t_cfg.checkpoint_every == 0 or step == t_cfg.steps:
                     with timer.phase("checkpoint"):
                         ckpts.save(step, state, data, cfg, frames_seen)
