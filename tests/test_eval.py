@@ -7,7 +7,6 @@ demo training."""
 import json
 
 import jax
-import numpy as np
 import pytest
 from eval_testing import write_tiny_asr, write_tiny_clap
 from helpers import DEMO, demo_config, demo_overrides
@@ -187,31 +186,3 @@ def test_periodic_eval_scores_the_params_it_is_given(demo_root, tmp_path):
     assert {f"{prefix}/caption/cider_d", f"{prefix}/caption/bleu_4"} <= set(scores)
     assert json.loads((tmp_path / "eval" / prefix / "step_5" / "summary.json").read_text())["items"] == 1
     assert periodic_eval(demo_config(demo_root)) is None
-
-
-def mcq_accuracy(generator, manifest) -> float:
-    items, _ = read_eval_manifest(manifest)
-    mcq = [i for i in items if i.task == "mcq"]
-    summary = evaluate(generator, mcq, progress=False)
-    print(format_table(summary))
-    return summary["tasks"]["mcq"]["scores"]["accuracy"]["value"]
-
-
-@pytest.mark.slow
-def test_mcq_accuracy_rises_from_random_init_to_the_trained_demo_model(demo_root, tmp_path):
-    """Measured by hand on the full demo (``bagpiper-train --config configs/demo.yaml``: 300
-    steps on 400 examples; then ``bagpiper-eval --checkpoint CKPT --config configs/demo.yaml
-    --eval data/demo/eval.jsonl``, 40 held-out clips): MCQ accuracy 0.000 [0.000, 0.000] for
-    the random-init model (seed 0), 0.625 [0.475, 0.775] after 300 steps. Here the same
-    recipe on the small test corpus (64 examples, 8 held-out clips): 0.000 -> 0.625 (5 of 8)
-    when measured (2026-11-29, 8 simulated CPU devices)."""
-    cfg = demo_config(demo_root, f"run_dir={tmp_path / 'run'}", "train.checkpoint_every=300", "train.eval_every=300")
-    manifest = ensure_demo_eval(cfg, tmp_path / "eval.jsonl")
-    mesh = make_mesh(cfg.mesh, jax.devices()[:1])
-    graphdef, params, _ = init_model(cfg.model, cfg.runtime, mesh, cfg.mesh.rules, cfg.seed)
-    before = mcq_accuracy(Generator(cfg, graphdef, params, mesh), manifest)
-    train(cfg, progress=False)
-    after = mcq_accuracy(Generator.from_checkpoint(tmp_path / "run", cfg, mesh), manifest)
-    print(f"demo MCQ accuracy: random init {before:.3f}, after 300 steps {after:.3f}")
-    assert after >= before + 0.25, (before, after)
-    assert np.isfinite(after)

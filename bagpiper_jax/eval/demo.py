@@ -55,12 +55,16 @@ def demo_eval_items(heldout: str | Path, clip_prefix: str) -> list[dict]:
 
 def ensure_demo_eval(cfg: Config, path: str | Path) -> Path:
     """Writes the demo eval set to ``path`` unless it exists, building the demo corpus first
-    where missing (``cfg`` is a demo config: ``data.demo: true``)."""
+    where missing (``cfg`` is a demo config: ``data.demo: true``). A set inside the demo's
+    folder that is older than its held-out manifest (a demo rebuilt since) is written anew."""
     path = Path(path)
-    if path.is_file():
-        return path
     ensure_demo_prepared(cfg)
-    corpus = Path(cfg.data.prepared).parent / "corpus"
+    root = Path(cfg.data.prepared).parent
+    corpus = root / "corpus"
+    if path.is_file():
+        inside = path.resolve().is_relative_to(root.resolve())
+        if not inside or path.stat().st_mtime >= (corpus / "heldout.jsonl").stat().st_mtime:
+            return path
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = Path(os.path.relpath(corpus.absolute(), path.parent.absolute())).as_posix()
     items = demo_eval_items(corpus / "heldout.jsonl", prefix)
