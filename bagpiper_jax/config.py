@@ -236,6 +236,8 @@ class DataConfig:
     # A weighted mixture of prepared directories instead of `prepared` (docs/data.md, Mixtures).
     sources: tuple[SourceConfig, ...] = ()
     demo: bool = False  # build the embedded demo corpus (and its assets) into these paths when missing
+    demo_examples: int = 2000  # the demo corpus's training examples (400 were learnt by heart in 300 steps)
+    demo_heldout: int = 40  # and its held-out ones
     row_frames: int = 8192  # frames per packed row
     batch_rows: int = 8  # packed rows per global batch
     input_shards: int = 0  # logical input pipelines (0 = one per process); fixes the data order
@@ -282,6 +284,8 @@ class DataConfig:
                 "packing_bins",
                 "examples_per_shard",
                 "manifest_chunk_bytes",
+                "demo_examples",
+                "demo_heldout",
             ),
         )
         if self.sources and (self.prepared or self.eval_prepared):

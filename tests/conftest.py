@@ -23,5 +23,5 @@ def demo_root(tmp_path_factory):
     from bagpiper_jax.data.demo import ensure_demo_prepared
 
     root = tmp_path_factory.mktemp("demo")
-    ensure_demo_prepared(demo_config(root), examples=64, heldout=8)
+    ensure_demo_prepared(demo_config(root))  # 64 + 8 examples (demo_overrides)
     return root

@@ -106,6 +106,8 @@ def demo_overrides(root: Path) -> list[str]:
         "data.row_frames=256",
         "runtime.max_frames=256",
         "data.examples_per_shard=16",
+        "data.demo_examples=64",
+        "data.demo_heldout=8",
     ]
 
 

@@ -19,8 +19,11 @@ onto the host (export) or all at once onto a mesh.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -101,6 +104,24 @@ def load_init_params(path: str | Path, cfg: Config, mesh: Mesh) -> nnx.State:
     return load_hf_qwen3(path, cfg.model, cfg.runtime, mesh, cfg.mesh.rules, cfg.seed)[1]
 
 
+def _without_step_metadata(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Metadata file does not exist")
+
+
+@contextlib.contextmanager
+def _item_checkpointer() -> Iterator[ocp.PyTreeCheckpointer]:
+    """A checkpointer for one item of a checkpoint (a run step's ``state``, a model
+    checkpoint's ``params``). Orbax's warning that the item has no metadata file of its own
+    is dropped: a run step keeps that file beside its items, not in each."""
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(_without_step_metadata)
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            yield ckptr
+    finally:
+        absl_logger.removeFilter(_without_step_metadata)
+
+
 class ParamsSource:
     """The params of a model checkpoint, of a run directory (its latest or ``step``'s
     checkpoint, found under ``train.checkpoint_dir`` or ``<run_dir>/checkpoints``) or of one
@@ -173,7 +194,7 @@ class ParamsSource:
             raise CheckpointError(f"the config stored in {source} does not load: {e}") from e
 
     def _read_metadata(self):
-        with ocp.PyTreeCheckpointer() as ckptr:
+        with _item_checkpointer() as ckptr:
             tree = ckptr.metadata(self._item).item_metadata.tree
         for key in self._prefix:
             tree = tree[key]
@@ -206,7 +227,7 @@ class ParamsSource:
         tree = with_shardings(abstract, state_shardings(abstract, mesh or make_mesh(cfg.mesh), cfg.mesh.rules))
         for key in reversed(self._prefix):
             tree = {key: tree}
-        with ocp.PyTreeCheckpointer() as ckptr:
+        with _item_checkpointer() as ckptr:
             restored = ckptr.restore(
                 self._item,
                 args=ocp.args.PyTreeRestore(
@@ -235,7 +256,7 @@ class ParamsSource:
         item, args = jax.ShapeDtypeStruct(shape, dtype), ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype)
         for key in reversed(path):
             item, args = {key: item}, {key: args}
-        with ocp.PyTreeCheckpointer() as ckptr:
+        with _item_checkpointer() as ckptr:
             restored = ckptr.restore(
                 self._item, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
             )

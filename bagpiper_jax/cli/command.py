@@ -42,11 +42,31 @@ def configure_logging(verbose: bool = False) -> None:
         raise BagpiperError(f"BAGPIPER_LOG={named.lower()}: expected debug, info, warning or error")
     level = logging.getLevelName(named) if named else logging.INFO if verbose else logging.WARNING
     detail = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    quiet = "%(asctime)s %(message)s" if level > logging.INFO else detail
-    # force: absl (Orbax) installs a root handler at import when it logs before any setup
-    logging.basicConfig(level=level, format=quiet, datefmt="%H:%M:%S", force=True)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s" if level > logging.INFO else detail, "%H:%M:%S"))
+    root = logging.getLogger()
+    for old in root.handlers[:]:  # absl's (Orbax logging before any setup), basicConfig's, ours
+        if old is absl_logging.get_absl_handler() or type(old) in (logging.StreamHandler, _StderrHandler):
+            root.removeHandler(old)
+    root.addHandler(handler)  # other handlers (files, a test's log capture) stay
+    root.setLevel(level)
     logging.getLogger("bagpiper_jax").setLevel(min(level, logging.INFO))
     absl_logging.set_verbosity(absl_logging.converter.standard_to_absl(level))
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr`` (which progress bars and tests may replace)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler's constructor sets it; the property always follows sys.stderr
+        pass
 
 
 def _tpu_visible() -> bool:

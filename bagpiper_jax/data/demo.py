@@ -38,9 +38,6 @@ from bagpiper_jax.data.text_tokenizer import train_byte_bpe
 
 log = logging.getLogger(__name__)
 CODEC_CALIBRATION_CLIPS = 48
-# Training and held-out examples of the demo corpus. 400 training examples were learnt by
-# heart within 300 steps (held-out loss rising from step 175); 2,000 keep it falling.
-DEMO_EXAMPLES, DEMO_HELDOUT = 2000, 40
 
 
 def tiny_codec_config():
@@ -144,11 +141,13 @@ def remove_other_build(cfg: Config, root: Path, examples: int, heldout: int) -> 
             path.unlink()
 
 
-def ensure_demo_prepared(cfg: Config, examples: int = DEMO_EXAMPLES, heldout: int = DEMO_HELDOUT) -> None:
-    """Builds whatever of the demo is missing (each part is skipped when present)."""
+def ensure_demo_prepared(cfg: Config) -> None:
+    """Builds whatever of the demo is missing (each part is skipped when present), with
+    ``data.demo_examples`` training and ``data.demo_heldout`` held-out examples."""
     prepared = Path(cfg.data.prepared)
     root = prepared.parent
     corpus = root / "corpus"
+    examples, heldout = cfg.data.demo_examples, cfg.data.demo_heldout
     remove_other_build(cfg, root, examples, heldout)
     if not (corpus / "heldout.jsonl").is_file():
         log.info("writing the demo corpus to %s", corpus)

@@ -33,6 +33,8 @@ _STREAM_NEUTRAL = (
     "sources",
     "eval_prepared",
     "demo",
+    "demo_examples",
+    "demo_heldout",
     "workers",
     "read_threads",
     "prefetch_buffer",
