@@ -35,8 +35,10 @@ setup(
     extras_require={
         # torch's CPU wheel 2.13.0 is what CI installs (constraints.txt); transformers only
         # for parity tests and conversion.
-        "test": ["torch>=2.13.0", "transformers>=5.24.0,<6", "pytest>=8", "ruff>=0.17"],
+        "test": ["torch>=2.13.0", "transformers>=5.24.0,<6", "pytest>=8", "ruff>=0.17", "jiwer>=4.0.0"],
         "convert": ["torch>=2.13.0", "transformers>=5.24.0,<6"],
+        # bagpiper-eval's TTS items: WER (and the ASR model through transformers).
+        "eval": ["torch>=2.13.0", "transformers>=5.24.0,<6", "jiwer>=4.0.0"],
         # libtpu: TPU hosts, and AOT compiles for a TPU topology on any host (bench/compile_tpu.py,
         # the slow tests/test_tpu_aot.py). Set JAX_PLATFORMS=cpu on a host without TPUs.
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],

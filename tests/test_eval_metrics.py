@@ -14,6 +14,7 @@ from bagpiper_jax.eval.choices import extract_choice, mcq_prompt
 from bagpiper_jax.eval.embeddings import clap_score, frechet_distance
 from bagpiper_jax.eval.manifest import EvalManifestError, read_eval_manifest
 from bagpiper_jax.eval.scores import bootstrap, mean_score
+from bagpiper_jax.eval.speech import wer_score, word_errors
 
 # Maluuba/nlg-eval, nlgeval/tests/test_nlgeval.py (values of pycocoevalcap's Bleu(4), Rouge,
 # Cider): its README example (examples/hyp.txt, ref1.txt, ref2.txt) and one single sentence.
@@ -161,6 +162,16 @@ def test_mcq_extraction_prefers_the_longer_of_nested_choices_and_prompt_lists_ch
     assert extract_choice("a rising chirp", ["chirp", "rising chirp"]) == 1
     assert mcq_prompt("Which?", ["x", "y"]) == "Which?\nChoices: (A) x (B) y"
     assert mcq_prompt("Which?", ["x", "y"], show_choices=False) == "Which?"
+
+
+def test_wer_counts_substitutions_deletions_and_insertions_over_reference_words():
+    """By hand: "sat" -> "sit" (substitution), "the" before "mat" deleted: 2 errors in 6
+    words; "hello there" -> "hello there friend": 1 insertion in 2 words. Case and
+    punctuation are normalised away. Corpus WER: 3 / 8."""
+    errors = word_errors(["The cat sit on mat.", "hello there friend"], ["the cat sat on the mat", "Hello, there!"])
+    np.testing.assert_array_equal(errors, [[2, 6], [1, 2]])
+    score = wer_score(errors)
+    assert score.value == pytest.approx(3 / 8) and score.n == 2
 
 
 def test_bootstrap_interval_is_reproducible_and_brackets_the_mean():
